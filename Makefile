@@ -1,0 +1,23 @@
+# The two commands of the README:
+#   make demo   set up, generate the demo corpus, pretrain a small BEST-RQ
+#               SummaryMixing Conformer on it (CPU, a few minutes)
+#   make test   set up and run the test suite (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-slow corpus
+
+setup:
+	bash tools/setup_env.sh
+
+corpus: setup
+	$(PY) tools/demo_corpus.py --out demo_data
+
+demo: corpus
+	bash tools/run_demo.sh
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow

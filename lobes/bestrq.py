@@ -1,0 +1,208 @@
+"""BEST-RQ: random-projection quantiser targets, span masking, masked loss.
+
+BEST-RQ (Chiu et al., 2022, https://arxiv.org/abs/2202.01855) trains an
+encoder to predict, on masked frames, the index of the nearest code of a
+*frozen random* codebook for a *frozen random* projection of the input.
+
+* ``stack_frames``: 4 stacked 10 ms fbank frames (320 dims) per 40 ms
+  encoder frame, the quantiser's input.
+* ``RandomProjectionQuantizer``: Xavier projection 320 -> 16, L2
+  normalisation, nearest of 8192 unit-norm codes. It subclasses SpeechBrain's
+  quantiser (same buffers ``P`` and ``CB``) but finds the nearest code with
+  one matmul of normalised vectors instead of SpeechBrain's B x V x T x dim
+  distance tensor (same argmin, ~V times less memory).
+* ``compute_span_mask``: per-utterance span masking on valid frames only.
+* ``masked_prediction_loss``: cross-entropy and accuracy on masked frames.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import torch
+import torch.nn.functional as F
+from speechbrain.nnet.quantisers import (
+    RandomProjectionQuantizer as _SBRandomProjectionQuantizer,
+)
+
+
+def stack_frames(feats, stack=4):
+    """Right-pads time to a multiple of ``stack`` and stacks frames.
+
+    Arguments
+    ---------
+    feats : torch.Tensor
+        (B, T, F) frames.
+    stack : int
+        Frames per stacked frame.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, ceil(T / stack), stack * F).
+
+    Example
+    -------
+    >>> stack_frames(torch.rand(2, 10, 80)).shape
+    torch.Size([2, 3, 320])
+    """
+    B, T, C = feats.shape
+    feats = pad_to_multiple(feats, stack)
+    return feats.reshape(B, feats.shape[1] // stack, stack * C)
+
+
+def pad_to_multiple(feats, multiple):
+    """Right-pads (B, T, F) with zeros so that T is a multiple of ``multiple``.
+
+    Example
+    -------
+    >>> pad_to_multiple(torch.ones(1, 5, 2), 4).shape
+    torch.Size([1, 8, 2])
+    """
+    extra = (-feats.shape[1]) % multiple
+    return F.pad(feats, (0, 0, 0, extra)) if extra else feats
+
+
+class RandomProjectionQuantizer(_SBRandomProjectionQuantizer):
+    """Frozen random-projection quantiser of BEST-RQ.
+
+    ``targets = argmax_v <normalize(x @ P), CB_v>``, which is the nearest
+    code in Euclidean distance since codes and projections have unit norm.
+    ``P`` (Xavier uniform) and ``CB`` (unit-norm Gaussian codes) are buffers:
+    never trained, saved in checkpoints so that a resumed run keeps the same
+    targets.
+
+    Arguments
+    ---------
+    input_dim : int
+        Stacked input size (4 x 80 = 320 in the paper).
+    cb_dim : int
+        Code size (16).
+    cb_vocab : int
+        Number of codes (8192).
+    legacy_time_axis_norm : bool
+        ``False`` (default, correct): L2-normalise each projected frame over
+        the code dimension. ``True``: reproduce the authors' original code,
+        which normalised the (B, T, cb_dim) projection over the *time* axis
+        (``F.normalize`` default ``dim=1``); targets then depend on the other
+        frames and on padding. Only for exact reproduction of old runs.
+
+    Example
+    -------
+    >>> q = RandomProjectionQuantizer(320, 16, 8192)
+    >>> q(torch.rand(2, 7, 320)).shape
+    torch.Size([2, 7])
+    """
+
+    def __init__(
+        self, input_dim=320, cb_dim=16, cb_vocab=8192, legacy_time_axis_norm=False
+    ):
+        super().__init__(input_dim, cb_dim, cb_vocab)
+        self.legacy_time_axis_norm = legacy_time_axis_norm
+
+    @torch.no_grad()
+    def forward(self, x):
+        """Maps (B, T, input_dim) to code indices (B, T), int64."""
+        dim = 1 if self.legacy_time_axis_norm else -1
+        proj = F.normalize(x.float() @ self.P, dim=dim)
+        return (proj @ self.CB.t()).argmax(dim=-1)
+
+
+def compute_span_mask(frame_lengths, max_len, mask_prob=0.15, mask_length=4):
+    """Samples BEST-RQ span masks, independently for each utterance.
+
+    As in SpeechBrain's BEST-RQ, ``mask_prob`` is the probability for a frame
+    to *start* a span (not to be masked): an utterance of ``n`` valid frames
+    gets ``int(mask_prob * n + U(0, 1))`` non-overlapping spans of
+    ``mask_length`` frames, aligned on multiples of ``mask_length`` (so with
+    spans of 4 fbank frames, whole 40 ms target frames are masked), chosen
+    uniformly among the ``n // mask_length`` slots. With 0.15 and 4, about 60 %
+    of the frames are masked. Unlike SpeechBrain's collate function, which
+    draws one mask for the whole batch from the shortest utterance, each
+    utterance is masked over its own valid frames and padding is never masked.
+
+    Arguments
+    ---------
+    frame_lengths : torch.Tensor
+        (B,) valid frames per utterance (int).
+    max_len : int
+        Padded length T of the batch.
+    mask_prob : float
+        Probability for a frame to start a span.
+    mask_length : int
+        Frames per span.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, T) bool, True on masked frames.
+
+    Raises
+    ------
+    ValueError
+        If an utterance is shorter than one span.
+
+    Example
+    -------
+    >>> mask = compute_span_mask(torch.tensor([40, 20]), 40)
+    >>> mask.shape, bool(mask[1, 20:].any())
+    (torch.Size([2, 40]), False)
+    """
+    frame_lengths = frame_lengths.long()
+    too_short = frame_lengths < mask_length
+    if too_short.any():
+        raise ValueError(
+            f"Utterance(s) at batch position(s) {too_short.nonzero().flatten().tolist()} "
+            f"have fewer frames ({frame_lengths[too_short].tolist()}) than one "
+            f"mask span ({mask_length}). Filter them out when preparing the "
+            "data (raise `avoid_if_shorter_than` in the YAML)."
+        )
+    device = frame_lengths.device
+    B = frame_lengths.shape[0]
+    slots = frame_lengths // mask_length
+    n_slots_max = max_len // mask_length
+    rand = torch.rand(B, device=device)
+    num_mask = (mask_prob * frame_lengths + rand).long().clamp(min=1)
+    num_mask = torch.minimum(num_mask, slots)
+    # Random ranking of the valid slots of each utterance.
+    scores = torch.rand(B, n_slots_max, device=device)
+    slot_idx = torch.arange(n_slots_max, device=device)
+    scores = scores.masked_fill(slot_idx[None, :] >= slots[:, None], 2.0)
+    ranks = scores.argsort(dim=1).argsort(dim=1)
+    slot_mask = ranks < num_mask[:, None]
+    mask = slot_mask.repeat_interleave(mask_length, dim=1)
+    return F.pad(mask, (0, max_len - mask.shape[1]))
+
+
+def masked_prediction_loss(logits, targets, mask):
+    """Cross-entropy and accuracy of the predictions on masked frames only.
+
+    Arguments
+    ---------
+    logits : torch.Tensor
+        (B, T, V) predictions.
+    targets : torch.Tensor
+        (B, T) code indices.
+    mask : torch.Tensor
+        (B, T) bool, True on the frames that count (masked, not padded).
+
+    Returns
+    -------
+    loss : torch.Tensor
+        Mean cross-entropy over the masked frames (scalar).
+    accuracy : torch.Tensor
+        Fraction of masked frames whose code is predicted (scalar).
+
+    Example
+    -------
+    >>> logits = torch.zeros(1, 3, 4)
+    >>> logits[0, 0, 2] = 10.0
+    >>> mask = torch.tensor([[True, False, False]])
+    >>> loss, acc = masked_prediction_loss(logits, torch.tensor([[2, 0, 0]]), mask)
+    >>> float(acc), loss.item() < 1e-3
+    (1.0, True)
+    """
+    sel_logits = logits[mask]
+    sel_targets = targets[mask]
+    loss = F.cross_entropy(sel_logits.float(), sel_targets)
+    accuracy = (sel_logits.argmax(dim=-1) == sel_targets).float().mean()
+    return loss, accuracy.detach()

@@ -1,0 +1,234 @@
+"""The BEST-RQ pretraining ``Brain`` and its data pipeline.
+
+``BestRQBrain`` implements one BEST-RQ step on a batch of waveforms:
+
+1. fbank features (``compute_features``), global mean/variance
+   normalisation (``normalize``), padded frames zeroed;
+2. targets: the frozen ``quantizer`` on 4 stacked frames (40 ms), computed on
+   the clean features;
+3. span masking of each utterance's valid frames, masked frames replaced by
+   N(noise_mean, noise_std) noise;
+4. the ``encoder`` (any token mixer) and the linear ``head`` predict the codes;
+5. cross-entropy and accuracy on masked, non-padded frames.
+
+Everything else is SpeechBrain's ``Brain``: gradient accumulation, clipping
+(``max_grad_norm``), mixed precision (``--precision bf16``), DDP
+(``torchrun``), intra-epoch checkpoints (``ckpt_interval_minutes``) and
+``optimizer_step_limit``. The learning rate follows ``lr_annealing`` (Noam:
+linear warm-up then inverse square root) once per optimizer step.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import time
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataio import length_to_mask
+from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.logger import get_logger
+
+from lobes.bestrq import (
+    compute_span_mask,
+    masked_prediction_loss,
+    pad_to_multiple,
+    stack_frames,
+)
+from lobes.dataio import load_audio
+
+logger = get_logger(__name__)
+
+
+class BestRQBrain(sb.Brain):
+    """BEST-RQ masked prediction of random-projection codes.
+
+    Expects ``modules`` with ``encoder`` (``lobes.conformer.ConformerEncoder``),
+    ``head`` (Linear d_model -> codebook size), ``quantizer``
+    (``lobes.bestrq.RandomProjectionQuantizer``) and ``normalize``
+    (``speechbrain.processing.features.InputNormalization``), and hparams
+    ``compute_features``, ``stack_frames``, ``mask_prob``, ``mask_length``,
+    ``noise_mean``, ``noise_std``, ``lr_annealing``, ``epoch_counter``,
+    ``train_steps_logger``, ``train_logger`` and ``log_interval``.
+    """
+
+    def on_fit_start(self):
+        """Logs the encoder's mixer and size, then recovers the checkpoint."""
+        super().on_fit_start()
+        encoder = self.modules.encoder
+        encoder = getattr(encoder, "module", encoder)  # DDP-wrapped
+        n_enc = sum(p.numel() for p in encoder.parameters())
+        n_all = n_enc + sum(p.numel() for p in self.modules.head.parameters())
+        logger.info(
+            f"BEST-RQ encoder {encoder.config}: {n_enc / 1e6:.2f}M parameters "
+            f"({n_all / 1e6:.2f}M with the prediction head)"
+        )
+
+    def compute_forward(self, batch, stage):
+        """Returns logits (B, T', V), targets (B, T') and loss mask (B, T')."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        stack = self.hparams.stack_frames
+
+        feats = self.hparams.compute_features(wavs)
+        feats = self.modules.normalize(
+            feats, wav_lens, epoch=self.hparams.epoch_counter.current
+        )
+        frames = torch.round(wav_lens * feats.shape[1]).long()
+        feats = pad_to_multiple(feats, stack)
+        B, T, _ = feats.shape
+        feats = feats * length_to_mask(frames, T).bool().unsqueeze(-1)
+
+        targets = self.modules.quantizer(stack_frames(feats, stack))
+        try:
+            mask = compute_span_mask(
+                frames, T, self.hparams.mask_prob, self.hparams.mask_length
+            )
+        except ValueError as err:
+            raise ValueError(f"Batch with utterances {batch.id}: {err}") from err
+        noise = torch.randn_like(feats) * self.hparams.noise_std
+        feats = torch.where(
+            mask.unsqueeze(-1), noise + self.hparams.noise_mean, feats
+        )
+
+        enc = self.modules.encoder(feats, frames / T)
+        logits = self.modules.head(enc)
+        loss_mask = mask.view(B, T // stack, stack).any(dim=-1)
+        if logits.shape[1] != loss_mask.shape[1]:
+            raise ValueError(
+                f"The encoder outputs {logits.shape[1]} frames for {T} input "
+                f"frames but the targets stack {stack} frames: make "
+                "`stack_frames` equal to the front-end's total stride."
+            )
+        return logits, targets, loss_mask
+
+    def compute_objectives(self, predictions, batch, stage):
+        """Masked cross-entropy; accumulates the masked-frame accuracy."""
+        logits, targets, loss_mask = predictions
+        loss, accuracy = masked_prediction_loss(logits, targets, loss_mask)
+        n = int(loss_mask.sum())
+        self.acc_sum += float(accuracy) * n
+        self.acc_count += n
+        self.last_accuracy = float(accuracy)
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        """Resets the accuracy accumulators."""
+        self.acc_sum, self.acc_count = 0.0, 0
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        """Steps the LR schedule and writes the step log."""
+        if not should_step:
+            return
+        self.hparams.lr_annealing(self.optimizer)
+        if self.optimizer_step % self.hparams.log_interval == 0 and (
+            if_main_process()
+        ):
+            now = time.time()
+            stats = {
+                "step": self.optimizer_step,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "loss": round(float(loss), 4),
+                "avg_loss": round(float(self.avg_train_loss), 4),
+                "masked_acc": round(self.last_accuracy, 4),
+            }
+            if hasattr(self, "_last_log_time"):
+                stats["sec_per_step"] = round(
+                    (now - self._last_log_time) / self.hparams.log_interval, 3
+                )
+            self._last_log_time = now
+            self.hparams.train_steps_logger.log_stats(stats_meta=stats)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs the epoch and keeps the best checkpoints (lowest loss)."""
+        stats = {"loss": stage_loss}
+        if self.acc_count:
+            stats["masked_acc"] = self.acc_sum / self.acc_count
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats(
+                stats_meta={
+                    "epoch": epoch,
+                    "steps": self.optimizer_step,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                },
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"loss": stage_loss, "steps": self.optimizer_step},
+                min_keys=["loss"],
+                num_to_keep=self.hparams.checkpoints_to_keep,
+            )
+
+
+def dataio_prepare(hparams):
+    """Builds the pretraining datasets and loader options from CSV manifests.
+
+    The CSVs (``train_csv``, ``valid_csv``) need ``ID``, ``duration`` and
+    ``wav`` columns; ``wav`` is a path, or a segment of a long file when the
+    CSV also has ``start`` and ``stop`` (LibriLight).
+
+    Returns
+    -------
+    train_data, valid_data : DynamicItemDataset
+        Items with ``id`` and ``sig``.
+    train_loader_kwargs : dict
+        Dynamic batching by total duration when ``dynamic_batching`` is set.
+    """
+    datasets = {}
+    for split in ("train", "valid"):
+        data = sb.dataio.dataset.DynamicItemDataset.from_csv(
+            csv_path=hparams[f"{split}_csv"]
+        )
+        data = data.filtered_sorted(
+            sort_key="duration",
+            key_min_value={"duration": hparams["avoid_if_shorter_than"]},
+            key_max_value={"duration": hparams["avoid_if_longer_than"]},
+        )
+        if len(data) == 0:
+            raise ValueError(
+                f"{hparams[f'{split}_csv']} has no utterance between "
+                f"{hparams['avoid_if_shorter_than']} s and "
+                f"{hparams['avoid_if_longer_than']} s: check the data "
+                "preparation or the `avoid_if_*` keys of the YAML."
+            )
+        datasets[split] = data
+
+    sample_rate = hparams["sample_rate"]
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig")
+    def segment_pipeline(wav, start, stop):
+        return load_audio(
+            {"file": wav, "start": int(start), "stop": int(stop)}, sample_rate
+        )
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        return load_audio(wav, sample_rate)
+
+    for data in datasets.values():
+        first = data.data[data.data_ids[0]]
+        pipeline = segment_pipeline if "start" in first else audio_pipeline
+        sb.dataio.dataset.add_dynamic_item([data], pipeline)
+        sb.dataio.dataset.set_output_keys([data], ["id", "sig"])
+
+    train_loader_kwargs = dict(hparams["train_dataloader_opts"])
+    if hparams["dynamic_batching"]:
+        dyn = hparams["dynamic_batch_sampler"]
+        train_loader_kwargs["batch_sampler"] = DynamicBatchSampler(
+            datasets["train"],
+            max_batch_length=dyn["max_batch_length"],
+            num_buckets=dyn["num_buckets"],
+            length_func=lambda x: float(x["duration"]),
+            shuffle=dyn["shuffle"],
+            batch_ordering=dyn["batch_ordering"],
+        )
+        train_loader_kwargs.pop("batch_size", None)
+        train_loader_kwargs.pop("shuffle", None)
+    return datasets["train"], datasets["valid"], train_loader_kwargs

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Recipe for BEST-RQ pretraining of a Conformer with a linear-complexity
+token mixer (HyperMixing, Fastformer, SummaryMixing, bidirectional Mamba) or
+MHSA, on LibriSpeech 960 h, as in "An Analysis of Linear Complexity Attention
+Substitutes with BEST-RQ" (Whetten et al., SLT 2024).
+
+To run this recipe:
+
+    python train.py hparams/bestrq_summarymixing.yaml --data_folder /path/to/LibriSpeech
+
+Multi-GPU (DDP):
+
+    torchrun --nproc_per_node=8 train.py hparams/bestrq_summarymixing.yaml \
+        --data_folder /path/to/LibriSpeech --precision=bf16
+
+A killed run resumes from its last checkpoint when started again with the
+same command.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import run_on_main
+
+from lobes.brain import BestRQBrain, dataio_prepare
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+
+    from librispeech_prepare import prepare_librispeech  # noqa: E402
+
+    run_on_main(
+        prepare_librispeech,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["output_folder"],
+            "tr_splits": hparams["train_splits"],
+            "dev_splits": hparams["dev_splits"],
+            "te_splits": [],
+            "merge_lst": hparams["train_splits"],
+            "merge_name": "train.csv",
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+
+    train_data, valid_data, train_loader_kwargs = dataio_prepare(hparams)
+
+    brain = BestRQBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train_data,
+        valid_data,
+        train_loader_kwargs=train_loader_kwargs,
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )

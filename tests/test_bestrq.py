@@ -1,0 +1,83 @@
+"""BEST-RQ quantiser, masking and loss."""
+
+import pytest
+import torch
+from speechbrain.nnet.quantisers import RandomProjectionQuantizer as SBQuantizer
+
+from lobes.bestrq import (
+    RandomProjectionQuantizer,
+    compute_span_mask,
+    masked_prediction_loss,
+    stack_frames,
+)
+
+
+def test_quantizer_matches_speechbrain_argmin():
+    torch.manual_seed(1)
+    ours = RandomProjectionQuantizer(320, 16, 512)
+    ref = SBQuantizer(320, 16, 512)
+    ref.load_state_dict(ours.state_dict())  # same buffers, same names
+    x = torch.randn(3, 25, 320)
+    assert torch.equal(ours(x), ref(x))
+
+
+def test_quantizer_is_frozen_and_normalised_per_frame():
+    q = RandomProjectionQuantizer(320, 16, 64)
+    assert list(q.parameters()) == []
+    assert set(q.state_dict()) == {"P", "CB"}
+    torch.testing.assert_close(q.CB.norm(dim=1), torch.ones(64))
+    x = torch.randn(2, 10, 320)
+    # per-frame normalisation: a frame's code does not depend on the others
+    assert torch.equal(q(x)[:, :4], q(x[:, :4]))
+    # scale invariance of the nearest unit code
+    assert torch.equal(q(x), q(3.0 * x))
+
+
+def test_legacy_time_axis_normalisation_is_the_authors_behaviour():
+    q = RandomProjectionQuantizer(320, 16, 64, legacy_time_axis_norm=True)
+    x = torch.randn(2, 30, 320)
+    proj = torch.nn.functional.normalize(x @ q.P, dim=1)
+    expected = torch.cdist(proj, q.CB.expand(2, -1, -1)).argmin(-1)
+    assert torch.equal(q(x), expected)
+
+
+def test_stack_frames_groups_four_consecutive_frames():
+    x = torch.arange(2 * 8 * 3, dtype=torch.float).view(2, 8, 3)
+    s = stack_frames(x, 4)
+    assert s.shape == (2, 2, 12)
+    assert torch.equal(s[1, 1], x[1, 4:8].flatten())
+
+
+def test_span_mask_per_utterance_never_masks_padding():
+    torch.manual_seed(0)
+    lengths = torch.tensor([400, 120, 8])
+    mask = compute_span_mask(lengths, 400, mask_prob=0.15, mask_length=4)
+    assert mask.shape == (3, 400)
+    for i, n in enumerate(lengths.tolist()):
+        assert not mask[i, n:].any()
+        # spans are aligned groups of 4 frames
+        groups = mask[i].view(-1, 4)
+        assert torch.all(groups.all(1) | ~groups.any(1))
+        assert mask[i].any()
+    # ~ mask_prob * mask_length = 60% of a long utterance is masked
+    assert 0.5 < mask[0].float().mean() < 0.7
+
+
+def test_span_mask_refuses_utterances_shorter_than_a_span():
+    with pytest.raises(ValueError, match=r"position\(s\) \[1\].*fewer frames"):
+        compute_span_mask(torch.tensor([40, 3]), 40, 0.15, 4)
+
+
+def test_masked_loss_ignores_unmasked_frames():
+    logits = torch.randn(2, 5, 10)
+    targets = torch.randint(0, 10, (2, 5))
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[0, 1] = mask[1, 3] = True
+    loss, acc = masked_prediction_loss(logits, targets, mask)
+    ref = torch.nn.functional.cross_entropy(
+        torch.stack([logits[0, 1], logits[1, 3]]), torch.stack([targets[0, 1], targets[1, 3]])
+    )
+    torch.testing.assert_close(loss, ref)
+    logits2 = logits.clone()
+    logits2[~mask] = 1e4  # changing unmasked frames changes nothing
+    torch.testing.assert_close(masked_prediction_loss(logits2, targets, mask)[0], ref)
