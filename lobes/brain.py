@@ -21,12 +21,15 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
+import random
 import time
 
+import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
@@ -163,6 +166,54 @@ class BestRQBrain(sb.Brain):
                 min_keys=["loss"],
                 num_to_keep=self.hparams.checkpoints_to_keep,
             )
+
+
+class RandomState:
+    """Checkpointable random number generator states (torch, numpy, random).
+
+    BEST-RQ draws masks and noise at every step: with this recoverable in the
+    ``Checkpointer``, a resumed run draws the same ones as an uninterrupted
+    run would, so resuming gives the same model.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> state = RandomState()
+    >>> path = os.path.join(tempfile.mkdtemp(), "rng.ckpt")
+    >>> state.save(path)
+    >>> a = torch.rand(1)
+    >>> state.load(path)
+    >>> bool(torch.rand(1) == a)
+    True
+    """
+
+    @mark_as_saver
+    def save(self, path):
+        """Saves the current states to ``path``."""
+        torch.save(
+            {
+                "torch": torch.get_rng_state(),
+                "cuda": (
+                    torch.cuda.get_rng_state_all()
+                    if torch.cuda.is_available()
+                    else []
+                ),
+                "numpy": np.random.get_state(),
+                "random": random.getstate(),
+            },
+            path,
+        )
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        """Restores the states saved at ``path``."""
+        del end_of_epoch
+        state = torch.load(path, weights_only=False)
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["random"])
 
 
 def dataio_prepare(hparams):

@@ -25,12 +25,14 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
+import functools
 import importlib
 import math
 
 import torch
 from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
+from speechbrain.nnet.CNN import Conv2d
 from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 from speechbrain.nnet.activations import Swish
 from speechbrain.nnet.attention import PositionalwiseFeedForward
@@ -119,9 +121,10 @@ class ConvFrontEnd(nn.Module):
 
     Each block is a strided ``Conv2d`` + LayerNorm + activation
     (``speechbrain.lobes.models.convolution.ConvolutionFrontEnd``); between
-    blocks, frames beyond each utterance's length are zeroed so that the
-    "same" padding of the next block sees zeros, as it would for the
-    utterance alone.
+    blocks, frames beyond each utterance's length are zeroed, and the "same"
+    padding pads with zeros (SpeechBrain's default reflects the edge frames,
+    which a padded batch cannot reproduce), so that an utterance gives the
+    same frames alone or padded in a batch.
 
     Arguments
     ---------
@@ -163,6 +166,7 @@ class ConvFrontEnd(nn.Module):
             strides=self.strides,
             dilations=(1,) * len(out_channels),
             residuals=(False,) * len(out_channels),
+            conv_module=functools.partial(Conv2d, padding_mode="constant"),
             dropout=dropout,
         )
         freq = n_mels

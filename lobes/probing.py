@@ -1,0 +1,85 @@
+"""Base ``Brain`` for MP3S probes on a frozen BEST-RQ encoder.
+
+Every MP3S recipe (ASR, speaker verification, emotion, intent) reads the same
+input: fbank features -> frozen normaliser and encoder -> learned
+softmax-weighted sum of all hidden layers (``lobes.weighted_sum``). What the
+recipes share lives here:
+
+* ``encode``: waveforms to the weighted layer sum;
+* two optimizers as in MP3S: ``model_opt_class`` for the probe
+  (``hparams.model``) and ``weights_opt_class`` (lr 0.01) for the layer
+  weights, both checkpointed; no encoder parameter is ever optimised;
+* ``anneal``: NewBob annealing of both learning rates on a validation metric;
+* ``layer_weights_summary``: the learned weights, logged each epoch.
+
+Recipes subclass it with ``compute_forward``/``compute_objectives`` and
+``on_stage_end``, as in any SpeechBrain recipe.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import speechbrain as sb
+from speechbrain.nnet.schedulers import update_learning_rate
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+
+class ProbeBrain(sb.Brain):
+    """MP3S probe on a frozen encoder.
+
+    Expects ``modules.weighted_ssl`` (``lobes.weighted_sum.WeightedLayerSum``)
+    and hparams ``compute_features``, ``model`` (the probe's trainable
+    modules), ``model_opt_class``, ``weights_opt_class``,
+    ``lr_annealing_model`` and ``lr_annealing_weights`` (NewBob schedulers).
+    """
+
+    def encode(self, wavs, wav_lens):
+        """Waveforms (B, S) to the weighted layer sum (B, T', D)."""
+        feats = self.hparams.compute_features(wavs)
+        return self.modules.weighted_ssl(feats, wav_lens)
+
+    def init_optimizers(self):
+        """One optimizer for the probe, one for the layer weights."""
+        weighted_ssl = self.modules.weighted_ssl
+        weighted_ssl = getattr(weighted_ssl, "module", weighted_ssl)
+        frozen = {id(p) for p in weighted_ssl.frozen_parameters()}
+        probe_params = [
+            p for p in self.hparams.model.parameters() if p.requires_grad
+        ]
+        if any(id(p) in frozen for p in probe_params):
+            raise ValueError(
+                "The probe's `model` contains encoder parameters: the encoder "
+                "must stay frozen. Remove it from `model` in the YAML."
+            )
+        self.model_optimizer = self.hparams.model_opt_class(probe_params)
+        self.weights_optimizer = self.hparams.weights_opt_class(
+            [weighted_ssl.weights]
+        )
+        self.optimizers_dict = {
+            "model_optimizer": self.model_optimizer,
+            "weights_optimizer": self.weights_optimizer,
+        }
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable(
+                "model_optimizer", self.model_optimizer
+            )
+            self.checkpointer.add_recoverable(
+                "weights_optimizer", self.weights_optimizer
+            )
+
+    def anneal(self, metric):
+        """NewBob-anneals both learning rates on a validation ``metric``
+        (lower is better); returns the stats to log."""
+        old_lr, new_lr = self.hparams.lr_annealing_model(metric)
+        old_lr_w, new_lr_w = self.hparams.lr_annealing_weights(metric)
+        update_learning_rate(self.model_optimizer, new_lr)
+        update_learning_rate(self.weights_optimizer, new_lr_w)
+        return {"lr_model": old_lr, "lr_weights": old_lr_w}
+
+    def layer_weights_summary(self):
+        """The learned softmax layer weights, rounded, as a list."""
+        weighted_ssl = self.modules.weighted_ssl
+        weighted_ssl = getattr(weighted_ssl, "module", weighted_ssl)
+        return [round(w, 4) for w in weighted_ssl.layer_weights().tolist()]

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Recipe for BEST-RQ pretraining with a linear-complexity token mixer on
+LibriLight (the users' scale-up of the LibriSpeech recipe: 60k h of long
+audiobook files, segmented by their voice activity into <= 30 s chunks).
+Validation uses LibriSpeech dev-clean.
+
+To run this recipe:
+
+    python train.py hparams/bestrq_summarymixing.yaml \
+        --data_folder /path/to/librilight --valid_data_folder /path/to/LibriSpeech
+
+Multi-GPU (DDP): ``torchrun --nproc_per_node=8 train.py ...``. A killed run
+resumes from its last checkpoint when started again with the same command.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import run_on_main
+
+from lobes.brain import BestRQBrain, dataio_prepare
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+
+    from librilight_prepare import prepare_librilight  # noqa: E402
+    from librispeech_prepare import prepare_librispeech  # noqa: E402
+
+    run_on_main(
+        prepare_librilight,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["output_folder"],
+            "splits": hparams["train_splits"],
+            "max_segment_duration": hparams["max_segment_duration"],
+            "min_segment_duration": hparams["avoid_if_shorter_than"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    run_on_main(
+        prepare_librispeech,
+        kwargs={
+            "data_folder": hparams["valid_data_folder"],
+            "save_folder": hparams["output_folder"],
+            "dev_splits": hparams["dev_splits"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+
+    train_data, valid_data, train_loader_kwargs = dataio_prepare(hparams)
+
+    brain = BestRQBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["optimizer"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train_data,
+        valid_data,
+        train_loader_kwargs=train_loader_kwargs,
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )

@@ -1,0 +1,126 @@
+"""The BEST-RQ pretraining recipe, end to end on the demo corpus."""
+
+import csv
+import shutil
+
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from conftest import REPO, run_recipe
+from demo_overrides import demo_overrides
+
+RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ"
+MIXERS = ["mhsa", "hypermixing", "fastformer", "summarymixing", "mamba"]
+
+
+def pretrain(demo_data, out, mixer, epochs, extra=(), check=True):
+    return run_recipe(
+        RECIPE,
+        [
+            f"hparams/bestrq_{mixer}.yaml",
+            f"--data_folder={demo_data / 'LibriSpeech'}",
+            f"--output_folder={out}",
+            *demo_overrides(mixer, epochs=epochs, layers=2),
+            *extra,
+        ],
+        check=check,
+    )
+
+
+def read_steps_log(out):
+    rows = []
+    for line in (out / "train_steps_log.txt").read_text().splitlines():
+        fields = dict(kv.split(": ") for kv in line.split(", "))
+        rows.append({k: float(v) for k, v in fields.items()})
+    return rows
+
+
+def latest_ckpt(out):
+    ckpts = sorted((out / "save").glob("CKPT+*"))
+    assert ckpts, f"no checkpoint in {out / 'save'}"
+    return ckpts[-1]
+
+
+def check_learns(out, min_drop):
+    rows = read_steps_log(out)
+    assert len(rows) >= 3, rows
+    first, last = rows[0]["loss"], rows[-1]["avg_loss"]
+    assert last < first - min_drop, f"loss did not fall: {first} -> {last}"
+    ckpt = latest_ckpt(out)
+    for name in ("model.ckpt", "quantizer.ckpt", "normalize.ckpt", "optimizer.ckpt"):
+        assert (ckpt / name).exists(), name
+    return rows
+
+
+def test_pretraining_runs_and_learns(demo_data, tmp_path):
+    out = tmp_path / "summarymixing"
+    pretrain(demo_data, out, "summarymixing", epochs=6)
+    rows = check_learns(out, min_drop=1.0)
+    # warm-up then decay of the learning rate, logged every 10 steps
+    lrs = [r["lr"] for r in rows]
+    assert lrs[0] < max(lrs) and lrs[-1] < max(lrs)
+    assert "masked_acc" in rows[-1]
+
+
+def test_resume_continues_exactly(demo_data, tmp_path):
+    """2 epochs, then a restart to 3, equals 3 epochs in one go."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    pretrain(demo_data, straight, "fastformer", epochs=3)
+    pretrain(demo_data, resumed, "fastformer", epochs=2)
+    proc = pretrain(demo_data, resumed, "fastformer", epochs=3)
+    a, b = latest_ckpt(straight), latest_ckpt(resumed)
+    steps = [yaml.safe_load((c / "brain.ckpt").read_text())["optimizer_step"] for c in (a, b)]
+    assert steps[0] == steps[1] > 0
+    ma, mb = torch.load(a / "model.ckpt"), torch.load(b / "model.ckpt")
+    for key, value in ma.items():
+        if torch.is_tensor(value):
+            torch.testing.assert_close(mb[key], value, msg=key)
+    oa, ob = torch.load(a / "optimizer.ckpt"), torch.load(b / "optimizer.ckpt")
+    for sa, sb_ in zip(oa["state"].values(), ob["state"].values()):
+        torch.testing.assert_close(sb_["exp_avg"], sa["exp_avg"])
+
+
+def test_bad_inputs_give_clear_errors(demo_data, tmp_path):
+    # unknown mixer name
+    proc = pretrain(
+        demo_data, tmp_path / "bad_mixer", "fastformer", epochs=1,
+        extra=["--encoder_hparams={mixer: fastformers}"], check=False,
+    )
+    assert proc.returncode != 0
+    assert "Unknown token mixer 'fastformers'" in proc.stderr
+
+    # missing data folder
+    proc = run_recipe(
+        RECIPE,
+        ["hparams/bestrq_fastformer.yaml", f"--data_folder={tmp_path / 'nowhere'}",
+         f"--output_folder={tmp_path / 'missing'}"],
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert str(tmp_path / "nowhere") in proc.stderr
+
+    # a corrupt audio file listed in the manifest
+    bad = tmp_path / "bad_audio"
+    pretrain(demo_data, bad, "fastformer", epochs=1)
+    rows = list(csv.DictReader(open(bad / "train.csv")))
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"not audio at all" * 100)
+    rows[0]["wav"] = str(corrupt)
+    with open(bad / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.rmtree(bad / "save")
+    proc = pretrain(demo_data, bad, "fastformer", epochs=1, extra=["--skip_prep=True"], check=False)
+    assert proc.returncode != 0
+    assert f"Cannot read audio file {corrupt}" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_every_mixer_pretrains_a_few_hundred_steps(demo_data, tmp_path, mixer):
+    out = tmp_path / mixer
+    pretrain(demo_data, out, mixer, epochs=25)
+    rows = check_learns(out, min_drop=2.0)
+    assert rows[-1]["step"] >= 200
