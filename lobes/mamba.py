@@ -1,0 +1,332 @@
+"""Bidirectional Mamba token mixer, with a CPU selective scan.
+
+Written from Gu and Dao, "Mamba: Linear-Time Sequence Modeling with Selective
+State Spaces" (arXiv 2312.00752). A Mamba block projects each frame to an
+inner size ``D_in = expand * D``, applies a causal depthwise convolution and
+SiLU, then the selective state-space scan
+
+    h_t = exp(delta_t * A) h_{t-1} + delta_t * B_t * u_t
+    y_t = C_t . h_t + D * u_t
+
+whose step ``delta`` and matrices ``B``, ``C`` depend on the frame, gates the
+result with SiLU(z) and projects back to D. ``BiMamba`` sums a forward block
+and a block run on the time-reversed utterance (reversed within each
+utterance's own length, so padding stays at the end and, everything being
+causal, never reaches a real frame).
+
+On CUDA, when the ``mamba-ssm`` package is installed, the scan runs its fused
+kernel (``selective_scan_fn``); elsewhere ``selective_scan`` runs it in pure
+PyTorch: chunks of ``chunk_size`` frames, a log-depth (Hillis-Steele) scan
+inside each chunk, the state carried between chunks. No Python loop over
+frames; memory bounded by the chunk size. Both paths use the same parameters,
+with the same names as ``mamba_ssm.modules.mamba_simple.Mamba``, so a
+checkpoint trained on GPU loads and runs on CPU.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lobes.mhsa import zero_padded
+
+BACKENDS = ("auto", "torch", "cuda")
+
+
+def _mamba_ssm_scan():
+    """Returns mamba_ssm's ``selective_scan_fn``, or None if not installed."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:
+        return None
+    return selective_scan_fn
+
+
+def _scan_chunk(a, b):
+    """Inclusive scan of ``h_t = a_t h_{t-1} + b_t`` along dim 1, h_{-1} = 0.
+
+    Hillis-Steele doubling: after the step of stride s, (a_t, b_t) is the
+    composition of the 2s previous steps. Returns (prod a, h), same shapes.
+    """
+    stride = 1
+    length = a.shape[1]
+    while stride < length:
+        b = torch.cat([b[:, :stride], b[:, stride:] + a[:, stride:] * b[:, :-stride]], 1)
+        a = torch.cat([a[:, :stride], a[:, stride:] * a[:, :-stride]], 1)
+        stride *= 2
+    return a, b
+
+
+def selective_scan(u, delta, A, B, C, D=None, chunk_size=64):
+    """Selective state-space scan in pure PyTorch (vectorised over time).
+
+    Arguments
+    ---------
+    u : torch.Tensor
+        (batch, D_in, L) inputs.
+    delta : torch.Tensor
+        (batch, D_in, L) positive steps (after softplus).
+    A : torch.Tensor
+        (D_in, N) state matrix (negative).
+    B, C : torch.Tensor
+        (batch, N, L) input and output matrices.
+    D : torch.Tensor, optional
+        (D_in,) skip connection.
+    chunk_size : int
+        Frames scanned at once; memory is O(batch * chunk * D_in * N).
+
+    Returns
+    -------
+    torch.Tensor
+        (batch, D_in, L), as ``mamba_ssm``'s ``selective_scan_fn``.
+
+    Example
+    -------
+    >>> u, delta = torch.rand(2, 4, 10), torch.rand(2, 4, 10)
+    >>> A, B, C = -torch.rand(4, 3), torch.rand(2, 3, 10), torch.rand(2, 3, 10)
+    >>> torch.allclose(selective_scan(u, delta, A, B, C, chunk_size=4),
+    ...                selective_scan_ref(u, delta, A, B, C), atol=1e-5)
+    True
+    """
+    batch, d_in, length = u.shape
+    dtype = u.dtype
+    u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
+    A = A.float()
+    h = u.new_zeros(batch, d_in, A.shape[1])
+    outs = []
+    for start in range(0, length, chunk_size):
+        sl = slice(start, start + chunk_size)
+        dt = delta[..., sl].transpose(1, 2).unsqueeze(-1)  # (b, c, D_in, 1)
+        a = torch.exp(dt * A)  # (b, c, D_in, N)
+        bx = (dt * u[..., sl].transpose(1, 2).unsqueeze(-1)) * B[
+            ..., sl
+        ].transpose(1, 2).unsqueeze(2)
+        a_cum, hs = _scan_chunk(a, bx)
+        hs = hs + a_cum * h.unsqueeze(1)
+        h = hs[:, -1]
+        outs.append(torch.einsum("bcdn,bnc->bdc", hs, C[..., sl]))
+    y = torch.cat(outs, dim=-1)
+    if D is not None:
+        y = y + D.float().unsqueeze(-1) * u
+    return y.to(dtype)
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None):
+    """The same scan, one frame at a time (a slow reference for tests).
+
+    Example
+    -------
+    >>> selective_scan_ref(torch.ones(1, 1, 2), torch.ones(1, 1, 2),
+    ...                    -torch.ones(1, 1), torch.ones(1, 1, 2),
+    ...                    torch.ones(1, 1, 2)).flatten()
+    tensor([1.0000, 1.3679])
+    """
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for t in range(u.shape[-1]):
+        dt = delta[..., t].unsqueeze(-1)
+        h = torch.exp(dt * A) * h + dt * u[..., t].unsqueeze(-1) * B[
+            :, None, :, t
+        ]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.unsqueeze(-1) * u
+    return y
+
+
+class MambaBlock(nn.Module):
+    """One (unidirectional, causal) Mamba block.
+
+    Parameters are named as in ``mamba_ssm.modules.mamba_simple.Mamba``:
+    ``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``,
+    ``out_proj``.
+
+    Arguments
+    ---------
+    d_model : int
+        Input and output size D.
+    d_state : int
+        State size N per channel.
+    d_conv : int
+        Kernel of the causal depthwise convolution.
+    expand : int
+        Inner size D_in = expand * D.
+    dt_rank : int or "auto"
+        Rank of the delta projection ("auto": ceil(D / 16)).
+    dt_min, dt_max : float
+        Range of the initial step sizes.
+    backend : str
+        "auto" (CUDA kernel when on a GPU with ``mamba-ssm``, else PyTorch),
+        "torch" or "cuda".
+    chunk_size : int
+        Chunk of the PyTorch scan.
+
+    Example
+    -------
+    >>> block = MambaBlock(16, d_state=4)
+    >>> block(torch.rand(2, 9, 16)).shape
+    torch.Size([2, 9, 16])
+    """
+
+    def __init__(
+        self,
+        d_model,
+        d_state=16,
+        d_conv=4,
+        expand=2,
+        dt_rank="auto",
+        dt_min=0.001,
+        dt_max=0.1,
+        backend="auto",
+        chunk_size=64,
+    ):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"Mamba backend {backend!r} is not one of {BACKENDS}")
+        if backend == "cuda" and _mamba_ssm_scan() is None:
+            raise ImportError(
+                "Mamba backend='cuda' needs the mamba-ssm package and a CUDA "
+                "GPU: `pip install mamba-ssm` on a CUDA machine, or use "
+                "backend='auto' (falls back to the PyTorch scan)."
+            )
+        self.backend = backend
+        self.chunk_size = chunk_size
+        d_inner = expand * d_model
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.d_state = d_state
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv1d = nn.Conv1d(
+            d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1
+        )
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner)
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(
+            torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min))
+            + math.log(dt_min)
+        ).clamp(min=1e-4)
+        with torch.no_grad():  # inverse of softplus
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32))
+            .repeat(d_inner, 1)
+        )
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def _use_cuda_kernel(self, x):
+        return (
+            self.backend in ("auto", "cuda")
+            and x.is_cuda
+            and _mamba_ssm_scan() is not None
+        )
+
+    def forward(self, x):
+        """Maps (B, T, D) to (B, T, D), causally."""
+        length = x.shape[1]
+        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+        u = F.silu(self.conv1d(u)[..., :length])
+        dt, B, C = torch.split(
+            self.x_proj(u.transpose(1, 2)),
+            [self.dt_rank, self.d_state, self.d_state],
+            dim=-1,
+        )
+        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        A = -torch.exp(self.A_log.float())
+        if self._use_cuda_kernel(x):
+            delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2).contiguous()
+            y = _mamba_ssm_scan()(
+                u.contiguous(), delta, A, B, C, self.D.float(), z=z.contiguous(),
+                delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            )
+        else:
+            delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)
+            y = selective_scan(u, delta, A, B, C, self.D, self.chunk_size)
+            y = y * F.silu(z)
+        return self.out_proj(y.transpose(1, 2))
+
+
+def reverse_within_lengths(x, lengths):
+    """Reverses each sequence of (B, T, D) within its own length.
+
+    Frames beyond the length stay where they are. The operation is its own
+    inverse.
+
+    Example
+    -------
+    >>> x = torch.arange(4.0).view(1, 4, 1)
+    >>> reverse_within_lengths(x, torch.tensor([3])).flatten()
+    tensor([2., 1., 0., 3.])
+    """
+    T = x.shape[1]
+    t = torch.arange(T, device=x.device).unsqueeze(0)
+    lengths = lengths.to(x.device).unsqueeze(1)
+    idx = torch.where(t < lengths, lengths - 1 - t, t)
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand_as(x))
+
+
+class BiMamba(nn.Module):
+    """Bidirectional Mamba token mixer: forward block + backward block.
+
+    Arguments
+    ---------
+    d_model : int
+        Input and output size D.
+    nhead : int, optional
+        Ignored (mixer interface).
+    dropout : float
+        Dropout on the output.
+    d_state, d_conv, expand : int
+        Mamba block sizes.
+    backend : str
+        "auto", "torch" or "cuda" (see ``MambaBlock``).
+    chunk_size : int
+        Chunk of the PyTorch scan.
+
+    Example
+    -------
+    >>> mixer = BiMamba(16, d_state=4)
+    >>> x = torch.rand(2, 7, 16)
+    >>> pad = torch.tensor([[False] * 7, [False] * 5 + [True] * 2])
+    >>> y = mixer(x, pad)
+    >>> y.shape, bool(y[1, 5:].abs().sum() == 0)
+    (torch.Size([2, 7, 16]), True)
+    """
+
+    def __init__(
+        self,
+        d_model,
+        nhead=None,
+        dropout=0.0,
+        d_state=16,
+        d_conv=4,
+        expand=2,
+        backend="auto",
+        chunk_size=64,
+    ):
+        super().__init__()
+        kw = dict(
+            d_state=d_state, d_conv=d_conv, expand=expand,
+            backend=backend, chunk_size=chunk_size,
+        )
+        self.fwd = MambaBlock(d_model, **kw)
+        self.bwd = MambaBlock(d_model, **kw)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, pad_mask=None, pos_emb=None):
+        """Mixes (B, T, D) frames; ``pad_mask`` (B, T) is True on padding."""
+        x = zero_padded(x, pad_mask)
+        if pad_mask is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], device=x.device)
+        else:
+            lengths = (~pad_mask).sum(dim=1)
+        backward = reverse_within_lengths(
+            self.bwd(reverse_within_lengths(x, lengths)), lengths
+        )
+        return zero_padded(self.dropout(self.fwd(x) + backward), pad_mask)
