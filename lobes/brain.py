@@ -29,7 +29,11 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.dataio.sampler import DynamicBatchSampler
-from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
@@ -44,7 +48,27 @@ from lobes.dataio import load_audio
 logger = get_logger(__name__)
 
 
-class BestRQBrain(sb.Brain):
+class EpochSeededBatchesMixin:
+    """Makes a ``batch_sampler`` (e.g. ``DynamicBatchSampler``) reshuffle by
+    seed and epoch, also in single-process runs.
+
+    SpeechBrain's ``Brain.make_dataloader`` only registers a batch sampler as
+    ``train_sampler`` under DDP, so without DDP its ``set_epoch`` is never
+    called: the batch order then depends on how many epochs this *process*
+    has iterated, not on the epoch number, and a resumed run trains on
+    batches in another order than an uninterrupted one would.
+    """
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        """SpeechBrain's dataloader, with the train batch sampler registered."""
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        sampler = loader_kwargs.get("batch_sampler")
+        if stage == sb.Stage.TRAIN and self.train_sampler is None and hasattr(sampler, "set_epoch"):
+            self.train_sampler = sampler
+        return loader
+
+
+class BestRQBrain(EpochSeededBatchesMixin, sb.Brain):
     """BEST-RQ masked prediction of random-projection codes.
 
     Expects ``modules`` with ``encoder`` (``lobes.conformer.ConformerEncoder``),
@@ -132,7 +156,7 @@ class BestRQBrain(sb.Brain):
             stats = {
                 "step": self.optimizer_step,
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "loss": round(float(loss), 4),
+                "loss": round(loss.item(), 4),
                 "avg_loss": round(float(self.avg_train_loss), 4),
                 "masked_acc": round(self.last_accuracy, 4),
             }
@@ -168,6 +192,7 @@ class BestRQBrain(sb.Brain):
             )
 
 
+@register_checkpoint_hooks
 class RandomState:
     """Checkpointable random number generator states (torch, numpy, random).
 

@@ -23,10 +23,12 @@ import speechbrain as sb
 from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.logger import get_logger
 
+from lobes.brain import EpochSeededBatchesMixin
+
 logger = get_logger(__name__)
 
 
-class ProbeBrain(sb.Brain):
+class ProbeBrain(EpochSeededBatchesMixin, sb.Brain):
     """MP3S probe on a frozen encoder.
 
     Expects ``modules.weighted_ssl`` (``lobes.weighted_sum.WeightedLayerSum``)

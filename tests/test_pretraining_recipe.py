@@ -14,14 +14,17 @@ RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ"
 MIXERS = ["mhsa", "hypermixing", "fastformer", "summarymixing", "mamba"]
 
 
-def pretrain(demo_data, out, mixer, epochs, extra=(), check=True):
+def pretrain(demo_data, out, mixer, epochs, extra=(), check=True, encoder_extra=""):
+    overrides = demo_overrides(mixer, epochs=epochs, layers=2)
+    if encoder_extra:  # more keys in the --encoder_hparams={...} override
+        overrides[0] = overrides[0].replace("={", "={" + encoder_extra + ", ", 1)
     return run_recipe(
         RECIPE,
         [
             f"hparams/bestrq_{mixer}.yaml",
             f"--data_folder={demo_data / 'LibriSpeech'}",
             f"--output_folder={out}",
-            *demo_overrides(mixer, epochs=epochs, layers=2),
+            *overrides,
             *extra,
         ],
         check=check,
@@ -85,10 +88,10 @@ def test_bad_inputs_give_clear_errors(demo_data, tmp_path):
     # unknown mixer name
     proc = pretrain(
         demo_data, tmp_path / "bad_mixer", "fastformer", epochs=1,
-        extra=["--encoder_hparams={mixer: fastformers}"], check=False,
+        encoder_extra="mixer: fastformers", check=False,
     )
     assert proc.returncode != 0
-    assert "Unknown token mixer 'fastformers'" in proc.stderr
+    assert "Unknown token mixer 'fastformers'" in proc.stdout + proc.stderr
 
     # missing data folder
     proc = run_recipe(
@@ -98,7 +101,7 @@ def test_bad_inputs_give_clear_errors(demo_data, tmp_path):
         check=False,
     )
     assert proc.returncode != 0
-    assert str(tmp_path / "nowhere") in proc.stderr
+    assert str(tmp_path / "nowhere") in proc.stdout + proc.stderr
 
     # a corrupt audio file listed in the manifest
     bad = tmp_path / "bad_audio"
@@ -114,7 +117,7 @@ def test_bad_inputs_give_clear_errors(demo_data, tmp_path):
     shutil.rmtree(bad / "save")
     proc = pretrain(demo_data, bad, "fastformer", epochs=1, extra=["--skip_prep=True"], check=False)
     assert proc.returncode != 0
-    assert f"Cannot read audio file {corrupt}" in proc.stderr
+    assert f"Cannot read audio file {corrupt}" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY="$ROOT/.venv/bin/python"
 MIXER=${MIXER:-summarymixing}
 OUT=${OUT:-$ROOT/results/demo_bestrq_$MIXER}
-EPOCHS=${EPOCHS:-25}
+EPOCHS=${EPOCHS:-15}
 
 "$PY" "$ROOT/tools/demo_corpus.py" --out "$ROOT/demo_data" --tasks librispeech
 mapfile -t OVERRIDES < <("$PY" "$ROOT/tools/demo_overrides.py" "$MIXER" --epochs "$EPOCHS")
