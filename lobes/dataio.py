@@ -44,7 +44,8 @@ def load_audio(wav, sample_rate=16000):
     Raises
     ------
     AudioReadError
-        Missing, unreadable (corrupt) or empty audio, naming the file.
+        Missing, unreadable (corrupt), empty or non-finite audio, naming
+        the file.
 
     Example
     -------
@@ -85,6 +86,11 @@ def load_audio(wav, sample_rate=16000):
             "segment). Remove it from the CSV manifest."
         )
     sig = torch.from_numpy(sig).mean(dim=1)
+    if not torch.isfinite(sig).all():
+        raise AudioReadError(
+            f"Audio file {path} contains NaN or infinite samples. Remove it "
+            "from the CSV manifest."
+        )
     if sr != sample_rate:
         if sr not in _warned_rates:
             _warned_rates.add(sr)

@@ -1,0 +1,90 @@
+"""A SpeechBrain ``Checkpointer`` whose checkpoints appear atomically.
+
+SpeechBrain's ``Checkpointer`` creates ``CKPT+<time>/``, writes its
+``CKPT.yaml`` (which is what marks a folder as a checkpoint) and only then the
+parameter files. A job killed in between (pre-emption, out of memory, time
+limit) leaves a folder that looks complete but lacks files, and the next run
+fails while recovering it. ``AtomicCheckpointer`` writes every file into a
+hidden ``.partial-CKPT+<time>/`` folder and renames it to ``CKPT+<time>/``
+only once all files are on disk: a crash while saving leaves the previous
+checkpoint as the one to recover. Leftover partial folders are removed at the
+next save.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import logging
+import os
+import shutil
+
+from speechbrain.utils.checkpoints import Checkpoint, Checkpointer
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+PARTIAL_PREFIX = ".partial-"
+
+
+class AtomicCheckpointer(Checkpointer):
+    """``Checkpointer`` that renames a checkpoint into place once complete.
+
+    Same arguments and behaviour as
+    ``speechbrain.utils.checkpoints.Checkpointer``.
+
+    Example
+    -------
+    >>> import tempfile, torch
+    >>> model = torch.nn.Linear(2, 2)
+    >>> ckpt = AtomicCheckpointer(tempfile.mkdtemp(), {"model": model})
+    >>> saved = ckpt.save_checkpoint()
+    >>> saved.path.name.startswith("CKPT+"), (saved.path / "model.ckpt").exists()
+    (True, True)
+    """
+
+    _saving_to = None
+
+    def _new_checkpoint_dirpath(self):
+        if self._saving_to is not None:
+            return self._saving_to
+        return super()._new_checkpoint_dirpath()
+
+    def _custom_checkpoint_dirpath(self, name):
+        if self._saving_to is not None:
+            return self._saving_to
+        return super()._custom_checkpoint_dirpath(name)
+
+    def save_checkpoint(
+        self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO
+    ):
+        """Saves a checkpoint; it exists under its final name only when complete."""
+        final = (
+            super()._custom_checkpoint_dirpath(name)
+            if name is not None
+            else super()._new_checkpoint_dirpath()
+        )
+        partial = final.with_name(PARTIAL_PREFIX + final.name)
+        if if_main_process():
+            for stale in self.checkpoints_dir.glob(PARTIAL_PREFIX + "*"):
+                logger.warning(f"Removing incomplete checkpoint {stale}")
+                shutil.rmtree(stale, ignore_errors=True)
+        self._saving_to = partial
+        try:
+            saved = super().save_checkpoint(
+                meta, end_of_epoch, name, verbosity=logging.DEBUG
+            )
+        finally:
+            self._saving_to = None
+        ddp_barrier()  # every process has written its files
+        if not if_main_process():
+            return None
+        if final.exists():  # a custom name saved again: replace it
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        kind = "end-of-epoch" if end_of_epoch else "intra-epoch"
+        logger.log(verbosity, f"Saved an {kind} checkpoint in {final}")
+        return Checkpoint(
+            final,
+            saved.meta,
+            {k: final / p.name for k, p in saved.paramfiles.items()},
+        )
