@@ -28,7 +28,16 @@ from lobes.positional import sinusoidal_positions
 
 
 class HyperMixing(nn.Module):
-    """Multi-head HyperMixing token mixer.
+    """Multi-head HyperMixing token mixer (linear in T).
+
+    For head h with input slice X_h (T x D/H), the hypernetwork (SpeechBrain's
+    ``HyperNetwork``, under ``hyper.``: per head, two MLPs D/H -> D/H -> k)
+    maps the h-th slice of each frame x_t + pos_t to row t of W1_h and W2_h
+    (T x k); the output is
+    ``LayerNorm(concat_h(W2_h GELU(W1_h^T X_h)))``, with padded rows of X, W1
+    and W2 zeroed. Its numbers equal those of SpeechBrain's ``HyperMixing``
+    with the same weights (tested); only the (B, T, T) dummy attention weights
+    and the 3000-frame position limit are gone.
 
     Arguments
     ---------
@@ -82,7 +91,24 @@ class HyperMixing(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, pad_mask=None, pos_emb=None):
-        """Mixes (B, T, D) frames; ``pad_mask`` (B, T) is True on padding."""
+        """Mixes the frames of each utterance.
+
+        Arguments
+        ---------
+        x : torch.Tensor
+            (B, T, D) input frames.
+        pad_mask : torch.Tensor, optional
+            (B, T) bool, True on padded frames: they are zeroed in the input
+            and in the generated W1, W2, so they cannot reach real frames.
+        pos_emb : torch.Tensor, optional
+            Ignored: the module adds its own sine positions to the
+            hypernetwork input.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, T, D), zero on padded frames.
+        """
         B, T, D = x.shape
         H = self.nhead
         valid = None

@@ -1,5 +1,10 @@
 """Absolute sine/cosine positional encodings, computed for any length.
 
+The encoding of Vaswani et al., "Attention Is All You Need" (NeurIPS 2017),
+laid out as SpeechBrain's ``PositionalEncoding`` (sines on even features,
+cosines on odd ones) but with no maximum length: a 5-minute input at 40 ms
+frames (7500 positions) needs no table.
+
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
@@ -47,7 +52,12 @@ def sinusoidal_positions(length, d_model, device=None, dtype=None):
 
 
 class AbsolutePositionalEncoding(nn.Module):
-    """Adds ``sinusoidal_positions`` to (B, T, D) inputs.
+    """Adds ``sinusoidal_positions`` to (B, T, D) inputs, for any T.
+
+    Arguments
+    ---------
+    d_model : int
+        Feature size D of the inputs.
 
     Example
     -------
