@@ -57,10 +57,20 @@ class EpochSeededBatchesMixin:
     called: the batch order then depends on how many epochs this *process*
     has iterated, not on the epoch number, and a resumed run trains on
     batches in another order than an uninterrupted one would.
+
+    Each loader also gets its own ``torch.Generator`` (unless one is given):
+    a PyTorch ``DataLoader`` otherwise draws its workers' base seed from the
+    *global* RNG whenever an iterator is created. After an intra-epoch
+    recovery the iterator is created after the RNG state was restored, so the
+    masks and noise of every following step would be shifted by that draw.
     """
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """SpeechBrain's dataloader, with the train batch sampler registered."""
+        """SpeechBrain's dataloader, with the train batch sampler registered
+        and a private generator for the workers' seeds."""
+        if loader_kwargs.get("generator") is None:
+            seed = getattr(self.hparams, "seed", 0)
+            loader_kwargs["generator"] = torch.Generator().manual_seed(seed)
         loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
         sampler = loader_kwargs.get("batch_sampler")
         if stage == sb.Stage.TRAIN and self.train_sampler is None and hasattr(sampler, "set_epoch"):
