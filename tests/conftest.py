@@ -48,3 +48,37 @@ def run_recipe(recipe_dir, args, timeout=900, check=True):
             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+PRETRAIN_RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ"
+PROBE_LAYERS = 2  # layers of the demo encoders the probe tests load
+
+
+@pytest.fixture(scope="session")
+def pretrained_demo(demo_data, tmp_path_factory):
+    """Factory: ``pretrained_demo(mixer, epochs=3)`` pretrains a demo-size
+    encoder of ``mixer`` with the real recipe (once per session and
+    arguments) and returns its output folder; its ``save`` folder is what the
+    probing recipes take as ``--pretrained_path``. Probes must build the same
+    encoder: ``demo_overrides.demo_encoder_override(mixer, PROBE_LAYERS)``.
+    """
+    from demo_overrides import demo_overrides
+
+    cache = {}
+
+    def pretrain(mixer, epochs=3):
+        if (mixer, epochs) not in cache:
+            out = tmp_path_factory.mktemp(f"pretrained_{mixer}_{epochs}")
+            run_recipe(
+                PRETRAIN_RECIPE,
+                [
+                    f"hparams/bestrq_{mixer}.yaml",
+                    f"--data_folder={demo_data / 'LibriSpeech'}",
+                    f"--output_folder={out}",
+                    *demo_overrides(mixer, epochs=epochs, layers=PROBE_LAYERS),
+                ],
+            )
+            cache[mixer, epochs] = out
+        return cache[mixer, epochs]
+
+    return pretrain

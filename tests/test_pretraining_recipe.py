@@ -1,7 +1,12 @@
 """The BEST-RQ pretraining recipe, end to end on the demo corpus."""
 
 import csv
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import soundfile as sf
@@ -16,6 +21,8 @@ MIXERS = ["mhsa", "hypermixing", "fastformer", "summarymixing", "mamba"]
 
 def pretrain(demo_data, out, mixer, epochs, extra=(), check=True, encoder_extra=""):
     overrides = demo_overrides(mixer, epochs=epochs, layers=2)
+    replaced = {e.split("=")[0] for e in extra}
+    overrides = [o for o in overrides if o.split("=")[0] not in replaced]
     if encoder_extra:  # more keys in the --encoder_hparams={...} override
         overrides[0] = overrides[0].replace("={", "={" + encoder_extra + ", ", 1)
     return run_recipe(
@@ -53,6 +60,8 @@ def check_learns(out, min_drop):
     ckpt = latest_ckpt(out)
     for name in ("model.ckpt", "quantizer.ckpt", "normalize.ckpt", "optimizer.ckpt"):
         assert (ckpt / name).exists(), name
+    for name in ("encoder.ckpt", "normalizer.ckpt", "hyperparams.yaml", "README.md"):
+        assert (out / "encoder" / name).exists(), f"export: {name}"
     return rows
 
 
@@ -127,3 +136,65 @@ def test_every_mixer_pretrains_a_few_hundred_steps(demo_data, tmp_path, mixer):
     pretrain(demo_data, out, mixer, epochs=25)
     rows = check_learns(out, min_drop=2.0)
     assert rows[-1]["step"] >= 200
+
+
+def assert_same_weights(a, b):
+    ma, mb = torch.load(latest_ckpt(a) / "model.ckpt"), torch.load(latest_ckpt(b) / "model.ckpt")
+    for key, value in ma.items():
+        if torch.is_tensor(value):
+            torch.testing.assert_close(mb[key], value, msg=key)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_restart_loses_nothing(demo_data, tmp_path):
+    """Killed after an intra-epoch checkpoint, the restarted run ends with the
+    same weights as an uninterrupted one."""
+    every5 = ["--ckpt_interval_minutes=0", "--ckpt_interval_steps=5"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    pretrain(demo_data, straight, "fastformer", epochs=2, extra=every5)
+    args = [
+        sys.executable, "train.py", "hparams/bestrq_fastformer.yaml",
+        f"--data_folder={demo_data / 'LibriSpeech'}", f"--output_folder={killed}",
+        *[o for o in demo_overrides("fastformer", epochs=2, layers=2)], *every5,
+    ]
+    proc = subprocess.Popen(args, cwd=RECIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline:  # wait for an intra-epoch checkpoint in epoch 2
+        metas = [p.read_text() for p in (killed / "save").glob("CKPT+*/CKPT.yaml")] if (killed / "save").exists() else []
+        if any("end-of-epoch: false" in m for m in metas) and any("end-of-epoch: true" in m for m in metas):
+            break
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pretrain(demo_data, killed, "fastformer", epochs=2, extra=every5)
+    steps = [yaml.safe_load((latest_ckpt(d) / "brain.ckpt").read_text())["optimizer_step"] for d in (straight, killed)]
+    assert steps[0] == steps[1]
+    assert_same_weights(straight, killed)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_single_process(demo_data, tmp_path):
+    """torchrun with 2 gloo processes (batches split over ranks) vs one
+    process accumulating 2 batches: the same global batch per step."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    pretrain(demo_data, single, "fastformer", epochs=3, extra=["--grad_accumulation_factor=2"])
+    overrides = demo_overrides("fastformer", epochs=3, layers=2)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "train.py", "hparams/bestrq_fastformer.yaml", f"--data_folder={demo_data / 'LibriSpeech'}",
+         f"--output_folder={ddp}", "--distributed_backend=gloo", *overrides],
+        cwd=RECIPE, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    epochs = {}
+    for run in (single, ddp):
+        lines = (run / "train_log.txt").read_text().splitlines()
+        epochs[run.name] = [float(l.split("valid loss: ")[1].split(",")[0]) for l in lines]
+        steps = yaml.safe_load((latest_ckpt(run) / "brain.ckpt").read_text())["optimizer_step"]
+        epochs[run.name + "_steps"] = steps
+    # same number of optimizer steps (global batch = 2 dynamic batches)
+    assert abs(epochs["single_steps"] - epochs["ddp_steps"]) <= 1, epochs
+    # and the same learning curve within tolerance
+    for a, b in zip(epochs["single"], epochs["ddp"]):
+        assert abs(a - b) < 0.35, epochs

@@ -26,15 +26,21 @@ DEMO_WIDTH = {
 }
 
 
-def demo_overrides(mixer, epochs=25, layers=3):
-    """Returns the list of ``--key=value`` overrides for the demo run."""
-    enc = (
-        f"{{num_layers: {layers}, d_model: {DEMO_WIDTH[mixer]}, d_ffn: 256, "
-        f"kernel_size: 15, dropout: 0.0, nhead: {1 if mixer in ('summarymixing', 'mamba') else 4}, "
+def demo_encoder_override(mixer, layers=3):
+    """The ``--encoder_hparams={...}`` override of the demo-size encoder: the
+    same for pretraining and for the probes that load it."""
+    nhead = 1 if mixer in ("summarymixing", "mamba") else 4
+    return (
+        f"--encoder_hparams={{num_layers: {layers}, d_model: {DEMO_WIDTH[mixer]}, "
+        f"d_ffn: 256, kernel_size: 15, dropout: 0.0, nhead: {nhead}, "
         f"mixer_kwargs: {DEMO_MIXER_KWARGS.get(mixer, '{}')}}}"
     )
+
+
+def demo_overrides(mixer, epochs=25, layers=3):
+    """Returns the list of ``--key=value`` overrides for the demo run."""
     return [
-        f"--encoder_hparams={enc}",
+        demo_encoder_override(mixer, layers),
         f"--number_of_epochs={epochs}",
         "--train_splits=[train-clean-100]",
         "--dev_splits=[dev-clean]",

@@ -27,6 +27,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from lobes.brain import BestRQBrain, dataio_prepare
+from lobes.export import export_encoder
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
@@ -72,4 +73,13 @@ if __name__ == "__main__":
         valid_data,
         train_loader_kwargs=train_loader_kwargs,
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+
+    # The encoder folder for lobes.inference.BestRQEncoder and the MP3S probes
+    run_on_main(
+        export_encoder,
+        kwargs={
+            "checkpoint": hparams["save_folder"],
+            "out_folder": hparams["export_folder"],
+        },
     )

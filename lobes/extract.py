@@ -1,0 +1,259 @@
+"""Command line: features of a pretrained BEST-RQ encoder for audio files.
+
+::
+
+    python -m lobes.extract --model pretrained/bestrq_summarymixing \\
+        --wav a.wav --out a.pt
+    python -m lobes.extract --model pretrained/bestrq_summarymixing \\
+        --list files.txt --out features/ --layers weighted --layer_weights w.pt
+
+``--model`` is a folder written by ``lobes.export``. Each input file gives one
+``.pt`` file (``torch.load`` it) holding a dict:
+
+* ``features``: ``--layers all`` (default): (L+1, T', D), every hidden
+  state; ``last``: (T', D), the last layer; ``weighted``: (T', D), the
+  hidden states weighted by ``--layer_weights``;
+* ``layers``, ``wav`` (the input path), ``frame_shift_s`` (0.04) and
+  ``model``.
+
+With one input and ``--out`` ending in ``.pt`` the features go to that file;
+otherwise ``--out`` is a folder and each file is named after its input
+(``<stem>.pt``; inputs of the same name get their parent folders in the name).
+``--layer_weights`` is a comma-separated list of L+1 numbers (used as
+given), a ``.pt`` file holding such a tensor, or a checkpoint of a probe's
+``WeightedLayerSum`` (``weighted_ssl.ckpt``), whose softmax weights are used.
+Files are encoded one at a time and never chunked.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from lobes.dataio import AudioReadError
+
+LAYER_MODES = ("all", "last", "weighted")
+
+
+def read_file_list(list_file):
+    """Paths in ``list_file``: one per line, blank lines and ``#`` comments
+    skipped; relative paths are taken from the current folder, else from the
+    list's folder.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> lst = Path(tempfile.mkdtemp()) / "files.txt"
+    >>> _ = lst.write_text("# test\\n/data/a.wav\\n\\nb.flac\\n")
+    >>> [p.name for p in read_file_list(lst)]
+    ['a.wav', 'b.flac']
+    """
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise FileNotFoundError(f"File list {list_file} does not exist.")
+    paths = []
+    for line in list_file.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(line).expanduser()
+        if not path.is_absolute() and not path.exists():
+            path = list_file.parent / path
+        paths.append(path)
+    if not paths:
+        raise ValueError(f"File list {list_file} names no audio file.")
+    return paths
+
+
+def output_names(wavs):
+    """A distinct ``<name>.pt`` for each input path.
+
+    Example
+    -------
+    >>> output_names([Path("x/a.wav"), Path("y/a.wav"), Path("y/b.flac")])
+    ['x_a.pt', 'y_a.pt', 'b.pt']
+    """
+    names = []
+    for wav in wavs:
+        parts = Path(wav).with_suffix("").parts
+        depth = 1
+        while True:
+            name = "_".join(parts[-depth:]).lstrip("/_")
+            clash = [
+                w for w in wavs
+                if w != wav and Path(w).with_suffix("").parts[-depth:] == parts[-depth:]
+            ]
+            if not clash or depth >= len(parts):
+                break
+            depth += 1
+        names.append(f"{name}.pt")
+    if len(set(names)) != len(names):
+        raise ValueError("Some input files are given twice.")
+    return names
+
+
+def parse_layer_weights(spec):
+    """``--layer_weights``: numbers, a tensor file or a probe checkpoint.
+
+    Example
+    -------
+    >>> parse_layer_weights("0.5, 0.25,0.25")
+    tensor([0.5000, 0.2500, 0.2500])
+    """
+    if spec is None:
+        return None
+    path = Path(spec)
+    if path.is_file():
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict):
+            if "weights" not in obj:
+                raise ValueError(
+                    f"{path} is a dict without `weights`: give a tensor of "
+                    "L+1 weights or a WeightedLayerSum checkpoint."
+                )
+            return torch.softmax(obj["weights"].float(), dim=0)
+        return torch.as_tensor(obj, dtype=torch.float32).flatten()
+    try:
+        return torch.tensor([float(x) for x in spec.split(",") if x.strip()])
+    except ValueError:
+        raise ValueError(
+            f"--layer_weights {spec!r} is neither a file nor a comma-separated "
+            "list of numbers."
+        ) from None
+
+
+def extract(
+    model, wavs, out, layers="all", layer_weights=None, skip_errors=False,
+    model_source=None,
+):
+    """Encodes each file of ``wavs`` and saves its features (see module doc).
+
+    Arguments
+    ---------
+    model : lobes.inference.BestRQEncoder
+        The loaded encoder.
+    wavs : list of Path
+        Audio files.
+    out : Path
+        A ``.pt`` file (one input) or a folder.
+    layers : str
+        ``all``, ``last`` or ``weighted``.
+    layer_weights : torch.Tensor, optional
+        L+1 weights, needed for ``weighted``.
+    skip_errors : bool
+        Report unreadable audio files and go on, instead of stopping.
+    model_source : str, optional
+        The model folder, recorded in each output file.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    if layers not in LAYER_MODES:
+        raise ValueError(f"--layers {layers!r}: use one of {LAYER_MODES}")
+    if layers == "weighted" and layer_weights is None:
+        raise ValueError("--layers weighted needs --layer_weights.")
+    out = Path(out)
+    if out.suffix == ".pt" and len(wavs) == 1:
+        targets = [out]
+    elif out.suffix == ".pt":
+        raise ValueError(f"--out {out} is a file but {len(wavs)} inputs are given: give a folder.")
+    else:
+        targets = [out / name for name in output_names(wavs)]
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    for wav, target in zip(tqdm(wavs, desc="Encoding", unit="file"), targets):
+        try:
+            enc = model.encode_file(
+                wav, layer_weights if layers == "weighted" else None
+            )
+        except AudioReadError as err:
+            if not skip_errors:
+                raise
+            failed.append(f"{wav}: {err}")
+            continue
+        frames = int(enc.frames[0])
+        if layers == "all":
+            feats = torch.stack([h[0, :frames] for h in enc.hidden_states])
+        elif layers == "last":
+            feats = enc.hidden_states[-1][0, :frames]
+        else:
+            feats = enc.weighted_sum[0, :frames]
+        torch.save(
+            {
+                "features": feats.cpu(),
+                "layers": layers,
+                "wav": str(wav),
+                "frame_shift_s": 0.04,
+                "model": str(model_source or ""),
+            },
+            target,
+        )
+        written.append(target)
+    for message in failed:
+        print(f"skipped {message}", file=sys.stderr)
+    return written
+
+
+def main(argv=None):
+    """``python -m lobes.extract``; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lobes.extract",
+        description="Hidden states of a pretrained BEST-RQ encoder (a folder "
+        "written by lobes.export) for audio files; one .pt per file.",
+    )
+    parser.add_argument("--model", required=True, help="exported model folder")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--wav", nargs="+", help="audio file(s)")
+    inputs.add_argument("--list", help="text file with one audio path per line")
+    parser.add_argument(
+        "--out", required=True,
+        help="output .pt file (one input) or folder (one <name>.pt per input)",
+    )
+    parser.add_argument("--layers", choices=LAYER_MODES, default="all")
+    parser.add_argument(
+        "--layer_weights", default=None,
+        help="L+1 weights for --layers weighted: 'w0,w1,...', a tensor .pt, "
+        "or a probe's weighted_ssl.ckpt (softmax of its weights)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1...")
+    parser.add_argument(
+        "--savedir", default=None,
+        help="where SpeechBrain links the model files (default: none, read in place)",
+    )
+    parser.add_argument(
+        "--skip_errors", action="store_true",
+        help="report unreadable audio files and continue",
+    )
+    args = parser.parse_args(argv)
+
+    from lobes.inference import BestRQEncoder  # after argparse: --help is fast
+
+    try:
+        wavs = [Path(w) for w in args.wav] if args.wav else read_file_list(args.list)
+        weights = parse_layer_weights(args.layer_weights)
+        model = BestRQEncoder.from_hparams(
+            source=args.model,
+            savedir=args.savedir,
+            run_opts={"device": args.device},
+        )
+        written = extract(
+            model, wavs, Path(args.out), args.layers, weights,
+            args.skip_errors, model_source=args.model,
+        )
+    except (FileNotFoundError, ValueError, AudioReadError) as err:
+        print(f"lobes.extract: error: {err}", file=sys.stderr)
+        return 1
+    print(f"Wrote {len(written)} feature file(s) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
