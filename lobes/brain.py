@@ -34,7 +34,6 @@ from speechbrain.utils.checkpoints import (
     mark_as_saver,
     register_checkpoint_hooks,
 )
-from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
 from lobes.bestrq import (
@@ -159,9 +158,10 @@ class BestRQBrain(EpochSeededBatchesMixin, sb.Brain):
         if not should_step:
             return
         self.hparams.lr_annealing(self.optimizer)
-        if self.optimizer_step % self.hparams.log_interval == 0 and (
-            if_main_process()
-        ):
+        # Every process calls the logger: it writes on the main process and
+        # broadcasts (main_process_only), so calling it on the main process
+        # alone would leave it waiting forever under DDP.
+        if self.optimizer_step % self.hparams.log_interval == 0:
             now = time.time()
             stats = {
                 "step": self.optimizer_step,

@@ -76,13 +76,19 @@ class AtomicCheckpointer(Checkpointer):
         finally:
             self._saving_to = None
         ddp_barrier()  # every process has written its files
+        if if_main_process():
+            if final.exists():  # a custom name saved again: replace it
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            kind = "end-of-epoch" if end_of_epoch else "intra-epoch"
+            logger.log(verbosity, f"Saved an {kind} checkpoint in {final}")
+        # Every process must see the new checkpoint before going on: the
+        # deletions that follow (save_and_keep_only) are decided by each
+        # process from the folder listing and broadcast by the main one; a
+        # process that still saw the old listing would wait forever.
+        ddp_barrier()
         if not if_main_process():
             return None
-        if final.exists():  # a custom name saved again: replace it
-            shutil.rmtree(final)
-        os.replace(partial, final)
-        kind = "end-of-epoch" if end_of_epoch else "intra-epoch"
-        logger.log(verbosity, f"Saved an {kind} checkpoint in {final}")
         return Checkpoint(
             final,
             saved.meta,
