@@ -18,9 +18,15 @@ Authors
 
 import torch
 import torch.nn.functional as F
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 from torch import nn
 
 
+@register_checkpoint_hooks
 class WeightedLayerSum(nn.Module):
     """Frozen encoder -> softmax(w)-weighted sum of its L+1 hidden states.
 
@@ -45,6 +51,22 @@ class WeightedLayerSum(nn.Module):
     torch.Size([2, 10, 16])
     >>> [n for n, p in probe_input.named_parameters() if p.requires_grad]
     ['weights']
+
+    As a ``Checkpointer`` recoverable it saves only the layer weights (the
+    frozen encoder comes from ``pretrained_path``, not from each checkpoint):
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "weighted_ssl.ckpt")
+    >>> with torch.no_grad():
+    ...     _ = probe_input.weights.fill_(0.5)
+    >>> probe_input.save_weights(path)
+    >>> list(torch.load(path))
+    ['weights']
+    >>> with torch.no_grad():
+    ...     _ = probe_input.weights.zero_()
+    >>> probe_input.load_weights(path)
+    >>> probe_input.weights.tolist()
+    [0.5, 0.5, 0.5]
     """
 
     def __init__(self, encoder, normalizer=None, layernorm=False):
@@ -91,3 +113,22 @@ class WeightedLayerSum(nn.Module):
             hidden = F.layer_norm(hidden, hidden.shape[-1:])
         weights = self.layer_weights().to(hidden.dtype)
         return torch.einsum("l,lbtd->btd", weights, hidden)
+
+    @mark_as_saver
+    def save_weights(self, path):
+        """Checkpoint hook: saves the layer weights only."""
+        torch.save({"weights": self.weights.detach().cpu()}, path)
+
+    @mark_as_loader
+    def load_weights(self, path, end_of_epoch=False):
+        """Checkpoint hook: restores the layer weights saved at ``path``."""
+        del end_of_epoch
+        weights = torch.load(path, map_location="cpu")["weights"]
+        if weights.shape != self.weights.shape:
+            raise ValueError(
+                f"{path} holds {weights.numel()} layer weights but this "
+                f"encoder has {self.weights.numel()} hidden states: the "
+                "checkpoint belongs to a probe on another encoder."
+            )
+        with torch.no_grad():
+            self.weights.copy_(weights)

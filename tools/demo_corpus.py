@@ -43,12 +43,14 @@ Authors
 """
 
 import argparse
+import importlib
 import json
 import math
 import os
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -514,7 +516,26 @@ def make_librilight_demo(out_root, seed=0):
     return _build(Path(out_root) / "LibriLight", seed, _librilight)
 
 
-TASKS = {"librispeech": make_librispeech_demo, "librilight": make_librilight_demo}
+def _task_module(module, function):
+    """A builder of the MP3S demo corpora, imported on first use (those
+    modules import this one for the synthesis helpers)."""
+
+    def build(out_root, seed=0):
+        if str(TOOLS) not in sys.path:
+            sys.path.insert(0, str(TOOLS))
+        return getattr(importlib.import_module(module), function)(out_root, seed)
+
+    return build
+
+
+TOOLS = Path(__file__).resolve().parent
+TASKS = {
+    "librispeech": make_librispeech_demo,
+    "librilight": make_librilight_demo,
+    "voxceleb": _task_module("demo_voxceleb", "make_voxceleb_demo"),
+    "iemocap": _task_module("demo_iemocap", "make_iemocap_demo"),
+    "slurp": _task_module("demo_slurp", "make_slurp_demo"),
+}
 
 
 def make_demo_corpus(out_dir, tasks=tuple(TASKS), seed=0):
@@ -573,9 +594,9 @@ def main(argv=None):
     except (SynthesisError, FileExistsError, ValueError) as err:
         parser.exit(1, f"demo_corpus.py: error: {err}\n")
     for task, root in roots.items():
-        flacs = list(Path(root).rglob("*.flac"))
-        seconds = sum(sf.info(str(p)).frames for p in flacs) / SAMPLE_RATE
-        print(f"[demo corpus] {task}: {root} ({len(flacs)} files, {seconds / 60:.1f} min of audio)")
+        files = [p for p in Path(root).rglob("*") if p.suffix in (".flac", ".wav")]
+        seconds = sum(sf.info(str(p)).duration for p in files)
+        print(f"[demo corpus] {task}: {root} ({len(files)} files, {seconds / 60:.1f} min of audio)")
 
 
 if __name__ == "__main__":
