@@ -1,0 +1,199 @@
+"""Data preparation for IEMOCAP 4-class emotion recognition (MP3S protocol).
+
+Reads the IEMOCAP_full_release layout (https://sail.usc.edu/iemocap/)::
+
+    <data_folder>/Session{1..5}/sentences/wav/<dialog>/<turn>.wav
+    <data_folder>/Session{1..5}/dialog/EmoEvaluation/<dialog>.txt
+
+where each EmoEvaluation file has one line per turn,
+``[<start> - <end>]<TAB><turn>       <TAB><label><TAB>[V, A, D]`` (followed by
+annotator lines, ignored), and keeps the four MP3S classes: ``neu``, ``hap``
+(with ``exc`` merged into it), ``sad`` and ``ang`` (5531 turns in the real
+corpus). Every other label (``fru``, ``sur``, ``xxx``...) is dropped.
+
+The 10 speakers are numbered as in MP3S: session ``k`` holds speaker
+``2k-1`` (female) and ``2k`` (male); the speaker of a turn is the letter
+before its 3-digit number (``Ses01F_impro01_M012`` -> male). Fold
+``test_spk_id`` (1-10) is speaker-independent: that speaker is the test set,
+the other speaker of the same session the validation set, the 8 others the
+training set. ``train.json``, ``valid.json`` and ``test.json`` map each turn
+to ``{"wav": absolute path, "length": seconds, "emo": label, "spk_id": n}``.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import soundfile as sf
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+CLASSES = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang"}
+N_UTTERANCES = 5531  # turns of the 4 classes in the real corpus
+TURN_LINE = re.compile(
+    r"^\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(Ses\d\d[FM]_\S+)\s+(\w+)\s+\[", re.MULTILINE
+)
+SPEAKER = re.compile(r"_([FM])\d{3}$")
+OPTS_FILE = "iemocap_prepare.json"
+HINT = (
+    "Request IEMOCAP from https://sail.usc.edu/iemocap/, extract it and pass "
+    "the IEMOCAP_full_release folder (holding Session1 ... Session5) as "
+    "data_folder."
+)
+
+
+def read_emo_evaluation(path):
+    """The (turn, label) pairs of one EmoEvaluation file, all labels.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> f = os.path.join(tempfile.mkdtemp(), "Ses01F_impro01.txt")
+    >>> _ = open(f, "w").write(
+    ...     "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\\n\\n"
+    ...     "[6.2901 - 8.2357]\\tSes01F_impro01_F000\\tneu\\t[2.5000, 2.5000, 2.5000]\\n"
+    ...     "C-E2:\\tNeutral;\\t()\\n")
+    >>> read_emo_evaluation(f)
+    [('Ses01F_impro01_F000', 'neu')]
+    """
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    return TURN_LINE.findall(text)
+
+
+def speaker_of(turn, session):
+    """MP3S speaker number (1-10) of ``turn`` in ``session`` (1-5).
+
+    Example
+    -------
+    >>> speaker_of("Ses03M_script01_1_F012", 3), speaker_of("Ses03M_impro02_M000", 3)
+    (5, 6)
+    """
+    found = SPEAKER.search(turn)
+    if not found:
+        raise ValueError(
+            f"Cannot tell the speaker of turn {turn!r}: expected a name ending "
+            "in _F<NNN> or _M<NNN> (IEMOCAP turn naming)."
+        )
+    return 2 * session - (1 if found.group(1) == "F" else 0)
+
+
+def collect_turns(data_folder):
+    """All turns of the 4 classes: {turn: (wav path, label, speaker 1-10)}."""
+    data_folder = Path(data_folder)
+    if not data_folder.is_dir():
+        raise FileNotFoundError(f"IEMOCAP data folder {data_folder} does not exist. {HINT}")
+    turns = {}
+    for session in range(1, 6):
+        emo_dir = data_folder / f"Session{session}" / "dialog" / "EmoEvaluation"
+        wav_dir = data_folder / f"Session{session}" / "sentences" / "wav"
+        if not emo_dir.is_dir() or not wav_dir.is_dir():
+            raise FileNotFoundError(
+                f"{data_folder} lacks Session{session}/dialog/EmoEvaluation or "
+                f"Session{session}/sentences/wav. {HINT}"
+            )
+        for emo_file in sorted(emo_dir.glob("*.txt")):
+            for turn, label in read_emo_evaluation(emo_file):
+                if label not in CLASSES:
+                    continue
+                dialog = turn[: turn.rindex("_")]
+                wav = wav_dir / dialog / f"{turn}.wav"
+                if not wav.is_file():
+                    raise FileNotFoundError(
+                        f"{emo_file} labels turn {turn}, but {wav} does not exist. {HINT}"
+                    )
+                turns[turn] = (str(wav.resolve()), CLASSES[label], speaker_of(turn, session))
+    if not turns:
+        raise ValueError(f"No turn labelled neu/hap/exc/sad/ang under {data_folder}. {HINT}")
+    if len(turns) != N_UTTERANCES:
+        logger.warning(
+            f"{len(turns)} turns of the 4 classes in {data_folder}; the full "
+            f"IEMOCAP has {N_UTTERANCES} (fine for a subset or the demo corpus)."
+        )
+    return turns
+
+
+def fold_speakers(test_spk_id):
+    """(test speaker, validation speaker) of an MP3S fold (1-10).
+
+    Example
+    -------
+    >>> fold_speakers(1), fold_speakers(10)
+    ((1, 2), (10, 9))
+    """
+    test_spk_id = int(test_spk_id)
+    if not 1 <= test_spk_id <= 10:
+        raise ValueError(f"test_spk_id must be 1..10 (the MP3S folds), got {test_spk_id}.")
+    return test_spk_id, test_spk_id + 1 if test_spk_id % 2 else test_spk_id - 1
+
+
+def prepare_iemocap(data_folder, save_folder, test_spk_id=1, skip_prep=False):
+    """Writes ``train.json``, ``valid.json`` and ``test.json`` of one fold.
+
+    Arguments
+    ---------
+    data_folder : str
+        The IEMOCAP_full_release folder.
+    save_folder : str
+        Where the JSON files go.
+    test_spk_id : int
+        The fold: the test speaker (1-10); the other speaker of its session
+        is the validation set.
+    skip_prep : bool
+        Do nothing.
+
+    Example
+    -------
+    >>> import sys, tempfile
+    >>> sys.path.insert(0, "tools")
+    >>> from demo_iemocap import make_iemocap_demo
+    >>> data = make_iemocap_demo("demo_data")
+    >>> out = tempfile.mkdtemp()
+    >>> prepare_iemocap(data, out, test_spk_id=3)
+    >>> sorted({v["spk_id"] for v in json.load(open(os.path.join(out, "valid.json"))).values()})
+    [4]
+    """
+    if skip_prep:
+        logger.info("skip_prep: IEMOCAP preparation skipped.")
+        return
+    test_spk, valid_spk = fold_speakers(test_spk_id)
+    save_folder = Path(save_folder)
+    opts = {"data_folder": str(Path(data_folder).resolve()), "test_spk_id": test_spk}
+    names = ("train.json", "valid.json", "test.json")
+    try:
+        done = json.loads((save_folder / OPTS_FILE).read_text())
+    except (OSError, ValueError):
+        done = None
+    if done == opts and all((save_folder / n).exists() for n in names):
+        logger.info(f"IEMOCAP fold {test_spk} already in {save_folder}: skipping preparation.")
+        return
+    turns = collect_turns(data_folder)
+    splits = {"train": {}, "valid": {}, "test": {}}
+    for turn, (wav, label, spk) in sorted(turns.items()):
+        split = "test" if spk == test_spk else "valid" if spk == valid_spk else "train"
+        try:
+            info = sf.info(wav)
+        except Exception as err:
+            raise ValueError(f"Cannot read audio file {wav} ({err}): corrupt or truncated.") from err
+        splits[split][turn] = {
+            "wav": wav, "length": round(info.frames / info.samplerate, 5),
+            "emo": label, "spk_id": spk,
+        }
+    save_folder.mkdir(parents=True, exist_ok=True)
+    for split, entries in splits.items():
+        if not entries:
+            raise ValueError(
+                f"Fold {test_spk}: the {split} set is empty (no turn of speaker "
+                f"{test_spk if split == 'test' else valid_spk} in {data_folder})."
+            )
+        tmp = save_folder / f"{split}.json.tmp"
+        tmp.write_text(json.dumps(entries, indent=1))
+        os.replace(tmp, save_folder / f"{split}.json")
+    (save_folder / OPTS_FILE).write_text(json.dumps(opts, indent=1))
+    logger.info(
+        f"IEMOCAP fold {test_spk} (valid speaker {valid_spk}): "
+        + ", ".join(f"{s} {len(e)}" for s, e in splits.items()) + " turns."
+    )

@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""MP3S VoxCeleb1 speaker verification on a frozen BEST-RQ encoder.
+
+A speaker-embedding probe (ECAPA-TDNN or X-vector) reads the learned
+softmax-weighted sum of all hidden layers of a frozen BEST-RQ encoder (any
+token mixer) and is trained as a speaker classifier on VoxCeleb1 dev with an
+AAM-softmax (margin 0.2, scale 30) on random 3-s crops. The checkpoint with
+the lowest dev classification error is then used to embed the enrolment and
+test files of the Vox1-O trial list (veri_test2.txt); trials are scored by
+cosine similarity, and the EER and minDCF (p_target 0.01, also normalised) are printed and
+written to ``<output_folder>/verification.txt`` and ``train_log.txt``.
+
+To run this recipe:
+
+    python train.py hparams/ecapa.yaml --mixer=summarymixing \\
+        --data_folder=/path/to/VoxCeleb1 \\
+        --pretrained_path=/path/to/bestrq_summarymixing/1000/save
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import os
+import random
+import sys
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
+from speechbrain.utils.metric_stats import EER, minDCF
+
+from lobes.dataio import load_audio
+from lobes.pretrained import load_pretrained
+from lobes.probing import ProbeBrain
+from lobes.recipe import load_recipe_hparams
+
+logger = get_logger(__name__)
+
+
+class SpeakerBrain(ProbeBrain):
+    """Speaker classifier (AAM-softmax) on the weighted layer sum; embeds
+    and scores verification trials."""
+
+    def compute_forward(self, batch, stage):
+        """Cosine scores against every training speaker, (B, 1, n_spk)."""
+        batch = batch.to(self.device)
+        wavs, lens = batch.sig
+        embeddings = self.embed_batch(wavs, lens)
+        return self.modules.classifier(embeddings), lens
+
+    def embed_batch(self, wavs, lens):
+        """Speaker embeddings (B, 1, emb_dim) of waveforms (B, S)."""
+        feats = self.encode(wavs, lens)
+        return self.modules.embedding_model(feats, lens)
+
+    def compute_objectives(self, predictions, batch, stage):
+        """AAM-softmax loss; accumulates the classification error."""
+        predictions, lens = predictions
+        spkid, _ = batch.spk_id_encoded
+        loss = self.hparams.compute_cost(predictions, spkid, lens)
+        self.error_metrics.append(batch.id, predictions, spkid, lens)
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        """Resets the classification-error statistics."""
+        self.error_metrics = self.hparams.error_stats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs loss, accuracy and layer weights; anneals on the dev error;
+        keeps the best checkpoint."""
+        error = self.error_metrics.summarize("average")
+        stats = {"loss": stage_loss, "error_rate": error, "accuracy": 1.0 - error}
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = stats
+            return
+        if stage == sb.Stage.VALID:
+            lrs = self.anneal(error)
+            weights = " ".join(f"{w:.4f}" for w in self.layer_weights_summary())
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, **lrs, "layer_weights": weights},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"error_rate": error}, min_keys=["error_rate"]
+            )
+
+    def embed_dataset(self, dataset, loader_opts):
+        """Embeddings {ID: (emb_dim,)} of every utterance of ``dataset``."""
+        loader = self.make_dataloader(dataset, sb.Stage.TEST, **loader_opts)
+        self.modules.eval()
+        embeddings = {}
+        with torch.no_grad():
+            for batch in loader:
+                batch = batch.to(self.device)
+                wavs, lens = batch.sig
+                emb = self.embed_batch(wavs, lens).squeeze(1).float().cpu()
+                embeddings.update(zip(batch.id, emb))
+        return embeddings
+
+    def verify(self, enrol_data, test_data, trials):
+        """Cosine-scores ``trials`` [(label, enrol ID, test ID)] with the best
+        checkpoint; returns (EER, minDCF) as fractions."""
+        self.checkpointer.recover_if_possible(min_key="error_rate")
+        opts = self.hparams.embed_dataloader_opts
+        embeddings = self.embed_dataset(enrol_data, opts)
+        embeddings.update(self.embed_dataset(test_data, opts))
+        positive, negative, lines = [], [], []
+        for label, enrol, test in trials:
+            score = float(
+                torch.nn.functional.cosine_similarity(
+                    embeddings[enrol], embeddings[test], dim=0, eps=1e-6
+                )
+            )
+            (positive if label == 1 else negative).append(score)
+            lines.append(f"{enrol} {test} {label} {score:.6f}")
+        if not positive or not negative:
+            raise ValueError(
+                "The trial list needs target (1) and non-target (0) trials "
+                f"to compute an EER: it has {len(positive)} and {len(negative)}."
+            )
+        if if_main_process():
+            with open(self.hparams.scores_file, "w", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+        eer, _ = EER(torch.tensor(positive), torch.tensor(negative))
+        p_target = self.hparams.dcf_p_target
+        min_dcf, _ = minDCF(
+            torch.tensor(positive), torch.tensor(negative), p_target=p_target
+        )
+        return float(eer), float(min_dcf)
+
+
+def dataio_prepare(hparams):
+    """Train/dev datasets (3-s crops, speaker labels) and enrol/test datasets
+    (whole utterances). Returns (train, valid, enrol, test, label_encoder)."""
+    save = hparams["save_folder"]
+    datasets = {
+        name: sb.dataio.dataset.DynamicItemDataset.from_csv(
+            csv_path=os.path.join(save, f"{name}.csv")
+        )
+        for name in ("train", "dev", "enrol", "test")
+    }
+    sample_rate = hparams["sample_rate"]
+    crop = int(hparams["sentence_len"] * sample_rate)
+
+    @sb.utils.data_pipeline.takes("wav", "duration")
+    @sb.utils.data_pipeline.provides("sig")
+    def train_audio(wav, duration):
+        n = int(float(duration) * sample_rate)
+        start = random.randint(0, n - crop) if n > crop else 0
+        return load_audio({"file": wav, "start": start, "stop": start + crop}, sample_rate)
+
+    @sb.utils.data_pipeline.takes("wav", "duration")
+    @sb.utils.data_pipeline.provides("sig")
+    def centre_audio(wav, duration):
+        n = int(float(duration) * sample_rate)
+        start = max(0, (n - crop) // 2)
+        return load_audio({"file": wav, "start": start, "stop": start + crop}, sample_rate)
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def full_audio(wav):
+        return load_audio(wav, sample_rate)
+
+    label_encoder = sb.dataio.encoder.CategoricalEncoder()
+
+    @sb.utils.data_pipeline.takes("spk_id")
+    @sb.utils.data_pipeline.provides("spk_id", "spk_id_encoded")
+    def label_pipeline(spk_id):
+        yield spk_id
+        yield label_encoder.encode_sequence_torch([spk_id])
+
+    sb.dataio.dataset.add_dynamic_item([datasets["train"]], train_audio)
+    sb.dataio.dataset.add_dynamic_item([datasets["dev"]], centre_audio)
+    sb.dataio.dataset.add_dynamic_item([datasets["enrol"], datasets["test"]], full_audio)
+    sb.dataio.dataset.add_dynamic_item([datasets["train"], datasets["dev"]], label_pipeline)
+    label_encoder.load_or_create(
+        path=os.path.join(save, "label_encoder.txt"),
+        from_didatasets=[datasets["train"]],
+        output_key="spk_id",
+    )
+    n_spk = len(label_encoder)
+    if n_spk != hparams["out_n_neurons"]:
+        raise ValueError(
+            f"out_n_neurons is {hparams['out_n_neurons']} in the YAML but "
+            f"{os.path.join(save, 'train.csv')} has {n_spk} training speakers: "
+            f"run with --out_n_neurons={n_spk}."
+        )
+    for name in ("train", "dev"):
+        sb.dataio.dataset.set_output_keys([datasets[name]], ["id", "sig", "spk_id_encoded"])
+    for name in ("enrol", "test"):
+        sb.dataio.dataset.set_output_keys([datasets[name]], ["id", "sig"])
+        datasets[name] = datasets[name].filtered_sorted(sort_key="duration")
+    return (datasets["train"], datasets["dev"], datasets["enrol"],
+            datasets["test"], label_encoder)
+
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+    hparams, _ = load_recipe_hparams(hparams_file, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+
+    from voxceleb_prepare import prepare_voxceleb, read_trials  # noqa: E402
+
+    run_on_main(
+        prepare_voxceleb,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["save_folder"],
+            "verification_file": hparams["verification_file"],
+            "split_ratio": hparams["split_ratio"],
+            "seed": hparams["seed"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    train_data, valid_data, enrol_data, test_data, _ = dataio_prepare(hparams)
+    load_pretrained(hparams["pretrained_path"], hparams["encoder"], hparams["normalize"])
+
+    brain = SpeakerBrain(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train_data,
+        valid_data,
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+
+    trials = [
+        (label, enrol[: -len(".wav")], test[: -len(".wav")])
+        for label, enrol, test in read_trials(hparams["verification_file"])
+    ]
+    eer, min_dcf = brain.verify(enrol_data, test_data, trials)
+    # minDCF as SpeechBrain computes it, and normalised by the cost of the
+    # best trivial system, min(p_target, 1 - p_target) (the usual report)
+    p_target = hparams["dcf_p_target"]
+    min_dcf_norm = min_dcf / min(p_target, 1 - p_target)
+    summary = (
+        f"EER: {eer * 100:.2f}%, minDCF: {min_dcf:.5f} (p_target {p_target}; "
+        f"normalised: {min_dcf_norm:.4f}) ({len(trials)} trials)"
+    )
+    logger.info(summary)
+    print(summary)
+    if if_main_process():
+        brain.hparams.train_logger.log_stats(
+            stats_meta={"best epoch (lowest dev error)": brain.hparams.epoch_counter.current},
+            test_stats={"EER": eer * 100, "minDCF": min_dcf, "minDCF_norm": min_dcf_norm},
+        )
+        with open(hparams["verification_results"], "w", encoding="utf-8") as f:
+            f.write(summary + "\n")

@@ -1,0 +1,241 @@
+"""Data preparation for VoxCeleb1 speaker verification (MP3S protocol).
+
+Reads the VoxCeleb1 layout (https://www.robots.ox.ac.uk/~vgg/data/voxceleb/)::
+
+    <data_folder>/wav/<speaker id>/<video id>/<NNNNN>.wav
+    <verification_file>   (veri_test2.txt, the cleaned Vox1-O trial list)
+
+where each trial line is ``<label> <enrol> <test>`` with paths relative to
+``wav/`` and label 1 for a target trial (same speaker), and writes
+SpeechBrain CSV manifests to ``save_folder``:
+
+* ``train.csv`` and ``dev.csv`` (columns ``ID, duration, wav, spk_id``): the
+  utterances of every speaker *not* in the trial list, split per speaker
+  (``split_ratio``, e.g. 90/10, at least one training utterance each); the
+  speaker classifier trains on random crops of them;
+* ``enrol.csv`` and ``test.csv`` (same columns): the distinct enrolment and
+  test files of the trial list, whose IDs are the trial paths without
+  ``.wav`` (what ``train.py`` scores).
+
+``wav`` holds absolute paths. A preparation that already ran with the same
+options (``<save_folder>/voxceleb_prepare.json``) is skipped.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import soundfile as sf
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+HEADER = ["ID", "duration", "wav", "spk_id"]
+OPTS_FILE = "voxceleb_prepare.json"
+CSV_FILES = ("train.csv", "dev.csv", "enrol.csv", "test.csv")
+HINT = (
+    "Download VoxCeleb1 (dev and test wav archives) from "
+    "https://www.robots.ox.ac.uk/~vgg/data/voxceleb/vox1.html, extract them "
+    "into one folder holding wav/<speaker id>/<video id>/*.wav, and put the "
+    "cleaned trial list veri_test2.txt "
+    "(https://www.robots.ox.ac.uk/~vgg/data/voxceleb/meta/veri_test2.txt) in "
+    "it (or set verification_file)."
+)
+
+
+def read_trials(verification_file):
+    """Parses a VoxCeleb trial list.
+
+    Arguments
+    ---------
+    verification_file : str or Path
+        Lines ``<label> <enrol path> <test path>``.
+
+    Returns
+    -------
+    list of (int, str, str)
+        (label, enrol path, test path), paths relative to ``wav/``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> f = os.path.join(tempfile.mkdtemp(), "veri_test2.txt")
+    >>> _ = open(f, "w").write("1 id1/a/00001.wav id1/b/00002.wav\\n0 id1/a/00001.wav id2/c/00001.wav\\n")
+    >>> read_trials(f)[1]
+    (0, 'id1/a/00001.wav', 'id2/c/00001.wav')
+    >>> _ = open(f, "w").write("1 id1/a/00001.wav\\n")
+    >>> read_trials(f)
+    Traceback (most recent call last):
+    ...
+    ValueError: ...line 1: ...expected '<label 0/1> <enrol wav> <test wav>'...
+    """
+    verification_file = Path(verification_file)
+    if not verification_file.is_file():
+        raise FileNotFoundError(
+            f"Trial list {verification_file} does not exist. {HINT}"
+        )
+    trials = []
+    with open(verification_file, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3 or fields[0] not in ("0", "1"):
+                raise ValueError(
+                    f"{verification_file} line {n}: {line.strip()!r}: expected "
+                    "'<label 0/1> <enrol wav> <test wav>' (veri_test2.txt format)."
+                )
+            trials.append((int(fields[0]), fields[1], fields[2]))
+    if not trials:
+        raise ValueError(f"{verification_file} holds no trial.")
+    return trials
+
+
+def prepare_voxceleb(
+    data_folder,
+    save_folder,
+    verification_file=None,
+    split_ratio=(90, 10),
+    seed=1234,
+    skip_prep=False,
+):
+    """Writes ``train.csv``, ``dev.csv``, ``enrol.csv`` and ``test.csv``.
+
+    Arguments
+    ---------
+    data_folder : str
+        The VoxCeleb1 folder holding ``wav/``.
+    save_folder : str
+        Where the CSVs go.
+    verification_file : str, optional
+        The trial list; default ``<data_folder>/veri_test2.txt``.
+    split_ratio : sequence of two numbers
+        Train/dev share of each training speaker's utterances.
+    seed : int
+        Seed of the train/dev split.
+    skip_prep : bool
+        Do nothing.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``wav`` folder, no trial list, or a trial file missing.
+    ValueError
+        A malformed trial list, no training speaker left, unreadable audio.
+
+    Example
+    -------
+    >>> import sys, tempfile
+    >>> sys.path.insert(0, "tools")
+    >>> from demo_voxceleb import make_voxceleb_demo
+    >>> data = make_voxceleb_demo("demo_data")
+    >>> out = tempfile.mkdtemp()
+    >>> prepare_voxceleb(data, out)
+    >>> open(os.path.join(out, "enrol.csv")).readline().strip()
+    'ID,duration,wav,spk_id'
+    """
+    if skip_prep:
+        logger.info("skip_prep: VoxCeleb preparation skipped.")
+        return
+    data_folder, save_folder = Path(data_folder), Path(save_folder)
+    wav_dir = data_folder / "wav"
+    if not wav_dir.is_dir():
+        raise FileNotFoundError(
+            f"VoxCeleb data folder {data_folder} has no wav/ folder "
+            f"({wav_dir} does not exist). {HINT}"
+        )
+    verification_file = Path(verification_file or data_folder / "veri_test2.txt")
+    opts = {
+        "data_folder": str(data_folder.resolve()),
+        "verification_file": str(verification_file.resolve()),
+        "split_ratio": list(split_ratio),
+        "seed": seed,
+    }
+    try:
+        done = json.loads((save_folder / OPTS_FILE).read_text())
+    except (OSError, ValueError):
+        done = None
+    if done == opts and all((save_folder / f).exists() for f in CSV_FILES):
+        logger.info(f"VoxCeleb CSVs already in {save_folder}: skipping preparation.")
+        return
+
+    trials = read_trials(verification_file)
+    test_files = sorted({p for _, e, t in trials for p in (e, t)})
+    test_speakers = {p.split("/")[0] for p in test_files}
+    for rel in test_files:
+        if not (wav_dir / rel).is_file():
+            raise FileNotFoundError(
+                f"{verification_file} names {rel}, but {wav_dir / rel} does "
+                f"not exist: is the VoxCeleb1 test set extracted? {HINT}"
+            )
+
+    by_speaker = {}
+    for spk_dir in sorted(p for p in wav_dir.iterdir() if p.is_dir()):
+        if spk_dir.name in test_speakers:
+            continue
+        wavs = sorted(str(p) for p in spk_dir.rglob("*.wav"))
+        if wavs:
+            by_speaker[spk_dir.name] = wavs
+    if not by_speaker:
+        raise ValueError(
+            f"No training speaker in {wav_dir}: every speaker folder is in the "
+            f"trial list {verification_file} or has no .wav file. {HINT}"
+        )
+
+    rng = random.Random(seed)
+    train, dev = [], []
+    for spk, wavs in by_speaker.items():
+        wavs = list(wavs)
+        rng.shuffle(wavs)
+        n_dev = round(len(wavs) * split_ratio[1] / sum(split_ratio))
+        n_dev = min(max(n_dev, 1 if len(wavs) > 1 else 0), len(wavs) - 1)
+        dev += [(w, spk) for w in wavs[:n_dev]]
+        train += [(w, spk) for w in wavs[n_dev:]]
+
+    save_folder.mkdir(parents=True, exist_ok=True)
+    _write_csv(save_folder / "train.csv", _rows(train, wav_dir))
+    _write_csv(save_folder / "dev.csv", _rows(dev, wav_dir))
+    enrol = sorted({e for _, e, _ in trials})
+    test = sorted({t for _, _, t in trials})
+    for name, files in (("enrol.csv", enrol), ("test.csv", test)):
+        items = [(str(wav_dir / rel), rel.split("/")[0]) for rel in files]
+        _write_csv(save_folder / name, _rows(items, wav_dir))
+    (save_folder / OPTS_FILE).write_text(json.dumps(opts, indent=1))
+    logger.info(
+        f"VoxCeleb: {len(by_speaker)} training speakers ({len(train)} train / "
+        f"{len(dev)} dev utterances), {len(test_speakers)} test speakers, "
+        f"{len(trials)} trials ({len(enrol)} enrol, {len(test)} test files)."
+    )
+
+
+def _rows(items, wav_dir):
+    """CSV rows ``[ID, duration, wav, spk_id]``; ID = path under ``wav/``
+    without ``.wav`` (``id10270/x6uYqmx31kE/00001``)."""
+    rows = []
+    for path, spk in items:
+        try:
+            info = sf.info(path)
+            if info.frames <= 0:
+                raise RuntimeError("no audio frames")
+        except Exception as err:
+            raise ValueError(
+                f"Cannot read audio file {path} ({err}): corrupt or truncated; "
+                "re-extract it or delete it."
+            ) from err
+        rel = os.path.relpath(path, wav_dir)[: -len(".wav")].replace(os.sep, "/")
+        rows.append([rel, round(info.frames / info.samplerate, 5), os.path.abspath(path), spk])
+    return rows
+
+
+def _write_csv(path, rows):
+    """Writes a CSV atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(HEADER)
+        writer.writerows(rows)
+    os.replace(tmp, path)

@@ -1,0 +1,120 @@
+"""The MP3S IEMOCAP emotion recipe: preparation of the speaker-independent
+folds, one fold and the cross-validation driver end to end on the demo
+corpus, and the refusal of a checkpoint of another mixer."""
+
+import importlib.util
+import json
+import re
+
+import pytest
+from conftest import PROBE_LAYERS, REPO, run_recipe
+from demo_overrides import demo_encoder_override
+
+RECIPE = REPO / "recipes/IEMOCAP/EmotionRecognition"
+# the prepare script by path (recipe folders are not put on sys.path: they
+# all hold a train.py)
+_spec = importlib.util.spec_from_file_location("iemocap_prepare", RECIPE / "iemocap_prepare.py")
+iemocap_prepare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(iemocap_prepare)
+fold_speakers = iemocap_prepare.fold_speakers
+prepare_iemocap = iemocap_prepare.prepare_iemocap
+
+MIXERS = ["mhsa", "hypermixing", "fastformer", "summarymixing", "mamba"]
+LOADERS = [
+    "--train_dataloader_opts={batch_size: 4, shuffle: True, num_workers: 0}",
+    "--valid_dataloader_opts={batch_size: 4, num_workers: 0}",
+    "--test_dataloader_opts={batch_size: 4, num_workers: 0}",
+]
+TINY_ECAPA = ["--channels=[32, 32, 32, 32, 96]", "--emb_dim=16"]
+
+
+def probe(demo_data, pretrained, out, mixer="summarymixing", probe_yaml="linear",
+          epochs=1, extra=(), check=True):
+    return run_recipe(
+        RECIPE,
+        [
+            f"hparams/{probe_yaml}.yaml",
+            f"--mixer={mixer}",
+            demo_encoder_override(mixer, PROBE_LAYERS),
+            f"--pretrained_path={pretrained / 'save'}",
+            f"--data_folder={demo_data / 'IEMOCAP_full_release'}",
+            f"--experiment_folder={out}",
+            f"--number_of_epochs={epochs}",
+            *LOADERS,
+            *(TINY_ECAPA if probe_yaml == "ecapa" else []),
+            *extra,
+        ],
+        check=check,
+    )
+
+
+def test_prepare_folds(demo_data, tmp_path):
+    data = demo_data / "IEMOCAP_full_release"
+    prepare_iemocap(data, tmp_path, test_spk_id=6)
+    splits = {s: json.loads((tmp_path / f"{s}.json").read_text()) for s in ("train", "valid", "test")}
+    # speaker-independent: test = speaker 6 (Session3 male), valid = speaker 5 (Session3 female)
+    assert {v["spk_id"] for v in splits["test"].values()} == {6}
+    assert {v["spk_id"] for v in splits["valid"].values()} == {5}
+    assert {v["spk_id"] for v in splits["train"].values()} == {1, 2, 3, 4, 7, 8, 9, 10}
+    assert all(k.startswith("Ses03") and re.search(r"_M\d{3}$", k) for k in splits["test"])
+    # 4 classes, exc merged into hap, fru/xxx dropped: 12 turns per speaker
+    entries = [e for split in splits.values() for e in split.values()]
+    assert {e["emo"] for e in entries} == {"neu", "hap", "sad", "ang"}
+    assert len(entries) == 10 * 12 and len(splits["test"]) == 12
+    first = next(iter(splits["test"].values()))
+    assert first["wav"].endswith(".wav") and 1.0 < first["length"] < 4.0
+    assert fold_speakers(1) == (1, 2) and fold_speakers(10) == (10, 9)
+    # another fold re-prepares; the same fold is skipped
+    stamp = (tmp_path / "test.json").stat().st_mtime_ns
+    prepare_iemocap(data, tmp_path, test_spk_id=6)
+    assert (tmp_path / "test.json").stat().st_mtime_ns == stamp
+    prepare_iemocap(data, tmp_path, test_spk_id=1)
+    assert {v["spk_id"] for v in json.loads((tmp_path / "test.json").read_text()).values()} == {1}
+
+
+def test_prepare_errors(demo_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        prepare_iemocap(tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="Session1"):
+        prepare_iemocap(tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(ValueError, match="1..10"):
+        prepare_iemocap(demo_data / "IEMOCAP_full_release", tmp_path / "out", test_spk_id=11)
+
+
+def test_cross_validation_end_to_end(demo_data, pretrained_demo, tmp_path):
+    """Linear probe, --test_spk_id=all over two folds of 1 epoch: each fold
+    writes its test accuracy, the driver their mean."""
+    out = tmp_path / "cv"
+    proc = probe(demo_data, pretrained_demo("summarymixing"), out,
+                 extra=["--test_spk_id=all", "--cv_folds=[4, 9]"])
+    assert re.search(r"Fold 4: test accuracy [\d.]+% \(12 turns\)", proc.stdout)
+    assert sorted(p.name for p in out.glob("fold_*")) == ["fold_4", "fold_9"]
+    log = (out / "fold_4/train_log.txt").read_text().splitlines()
+    assert log[0].startswith("epoch: 1") and "layer_weights" in log[0]
+    assert "test accuracy" in log[-1]
+    accs = [float((out / f"fold_{k}/test_accuracy.txt").read_text().split()[1]) for k in (4, 9)]
+    assert all(0.0 <= a <= 1.0 for a in accs)
+    result = (out / "cv_accuracy.txt").read_text()
+    mean = float(re.search(r"over 2 folds: ([\d.]+)%", result).group(1))
+    assert mean == pytest.approx(100 * sum(accs) / 2, abs=0.01)
+    assert "Mean test accuracy over 2 folds" in proc.stdout
+
+
+def test_other_mixer_checkpoint_refused(demo_data, pretrained_demo, tmp_path):
+    proc = probe(demo_data, pretrained_demo("summarymixing"), tmp_path / "x",
+                 mixer="fastformer", check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr  # SpeechBrain logs the traceback
+    assert re.search(r"ValueError: .*mixer: checkpoint 'summarymixing' vs this model 'fastformer'",
+                     output), output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("probe_yaml", ["linear", "ecapa"])
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_every_mixer_and_probe(demo_data, pretrained_demo, tmp_path, mixer, probe_yaml):
+    out = tmp_path / "iemocap"
+    proc = probe(demo_data, pretrained_demo(mixer), out, mixer=mixer,
+                 probe_yaml=probe_yaml, extra=["--test_spk_id=1"])
+    assert "Fold 1: test accuracy" in proc.stdout
