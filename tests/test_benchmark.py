@@ -1,0 +1,80 @@
+"""The efficiency benchmark runs end to end on a tiny configuration."""
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "efficiency.py"
+
+
+@pytest.fixture(scope="module")
+def efficiency():
+    spec = importlib.util.spec_from_file_location("efficiency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_main_writes_csv_markdown_and_ratios(efficiency, tmp_path):
+    out = tmp_path / "tiny"
+    efficiency.main(
+        [
+            "--mixers", "mhsa,fastformer",
+            "--lengths", "1,2",
+            "--batch", "1",
+            "--size", "tiny",
+            "--repeats", "1",
+            "--warmup", "0",
+            "--device", "cpu",
+            "--mode", "forward",
+            "--inprocess",
+            "--threads", "1",
+            "--out", str(out),
+        ]
+    )
+    with open(out / "forward.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert set(efficiency.CSV_FIELDS) <= set(rows[0])
+    assert sorted((r["mixer"], float(r["seconds"])) for r in rows) == [
+        ("fastformer", 1.0),
+        ("fastformer", 2.0),
+        ("mhsa", 1.0),
+        ("mhsa", 2.0),
+    ]
+    for r in rows:
+        assert r["status"] == "ok"
+        assert r["mode"] == "forward" and r["batch"] == "1"
+        assert int(r["frames"]) == round(float(r["seconds"]) * 100)
+        assert float(r["time_mean_s"]) > 0
+        assert not math.isnan(float(r["mem_peak_mb"]))
+        assert not math.isnan(float(r["time_ratio_mhsa"]))
+        if r["mixer"] == "mhsa":
+            assert float(r["time_ratio_mhsa"]) == 1.0
+            assert float(r["mem_ratio_mhsa"]) == 1.0
+    md = (out / "forward.md").read_text()
+    assert "| mhsa |" in md and "| fastformer |" in md
+
+
+def test_subprocess_point_measures_memory(efficiency):
+    point = dict(
+        mixer="fastformer", seconds=1.0, mode="train", batch=1, size="tiny",
+        device="cpu", repeats=1, warmup=0, vocab=64, threads=1,
+    )
+    r = efficiency.run_subprocess_point(point, timeout=120)
+    assert r["status"] == "ok", r
+    assert r["time_mean_s"] > 0 and r["mem_peak_mb"] > 0
+    assert r["d_model"] == 40 and r["num_layers"] == 2
+
+
+def test_small_size_keeps_width_ratios(efficiency):
+    widths = {
+        m: efficiency.model_config(m, "small")[1]["d_model"]
+        for m in ("mhsa", "hypermixing", "fastformer", "summarymixing", "mamba")
+    }
+    assert widths == {
+        "mhsa": 144, "hypermixing": 168, "fastformer": 152,
+        "summarymixing": 126, "mamba": 118,
+    }
