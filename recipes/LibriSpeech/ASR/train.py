@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""MP3S LibriSpeech ASR probe on a frozen BEST-RQ encoder (character CTC).
+
+The encoder of a BEST-RQ pretraining run (any mixer) is frozen; a learned
+softmax-weighted sum of all its hidden layers feeds a CTC probe trained on
+train-clean-100 and evaluated on dev-clean, test-clean and test-other, as in
+the MP3S benchmark (Zaiem et al., 2023; speechbrain/benchmarks
+benchmarks/MP3S/LibriSpeech). Two probes, one YAML each:
+
+* ``hparams/bilstm_ctc.yaml``: 2-layer BiLSTM (1024 units), 20 epochs;
+* ``hparams/contextnet.yaml``: SpeechBrain's ContextNet (unit strides),
+  2 epochs.
+
+Characters (``CTCTextEncoder``, blank 0, unk 1); the CTC output layer is
+sized from the character set. Adam (lr 2e-4) on the probe, Adam (lr 0.01) on
+the layer weights, NewBob annealing of both on the validation loss;
+validation WER with greedy decoding; the best checkpoint (lowest dev WER) is
+tested with greedy decoding *and* SpeechBrain's CTC beam search (optionally
+with a KenLM n-gram, ``kenlm_model_path``). WER details go to
+``<output_folder>/wer_<test set>_{greedy,beam}.txt``.
+
+To run this recipe::
+
+    python train.py hparams/bilstm_ctc.yaml --mixer=summarymixing \\
+        --data_folder=/path/to/LibriSpeech \\
+        --pretrained_path=/path/to/bestrq_summarymixing/1000/save
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import inspect
+import os
+import sys
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
+
+from lobes.dataio import load_audio
+from lobes.pretrained import load_pretrained
+from lobes.probing import ProbeBrain
+from lobes.recipe import load_recipe_hparams
+
+logger = get_logger(__name__)
+
+
+class ASRProbe(ProbeBrain):
+    """Character CTC on the weighted layer sum of a frozen encoder."""
+
+    def compute_forward(self, batch, stage):
+        """Waveforms -> CTC log-probabilities (B, T', V) and, outside
+        training, the greedy (and at test, beam-search) hypotheses."""
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        feats = self.encode(wavs, wav_lens)  # (B, T', D)
+        enc = self.modules.enc
+        if "lengths" in inspect.signature(enc.forward).parameters:  # RNNs
+            out = enc(feats, lengths=wav_lens)
+        else:
+            out = enc(feats)
+        if isinstance(out, tuple):  # (output, hidden) of an RNN
+            out = out[0]
+        p_ctc = self.hparams.log_softmax(self.modules.ctc_lin(out))
+        hyps = {}
+        if stage != sb.Stage.TRAIN:
+            hyps["greedy"] = sb.decoders.ctc_greedy_decode(
+                p_ctc, wav_lens, blank_id=self.hparams.blank_index
+            )
+        if stage == sb.Stage.TEST and self.test_searcher is not None:
+            hyps["beam"] = self.test_searcher(p_ctc, wav_lens)
+        return p_ctc, wav_lens, hyps
+
+    def compute_objectives(self, predictions, batch, stage):
+        """CTC loss; WER/CER of each decoding outside training."""
+        p_ctc, wav_lens, hyps = predictions
+        tokens, tokens_lens = batch.tokens
+        loss = self.hparams.ctc_cost(p_ctc, tokens, wav_lens, tokens_lens)
+        if stage != sb.Stage.TRAIN:
+            targets = [wrd.split(" ") for wrd in batch.wrd]
+            for kind, hyp in hyps.items():
+                if kind == "greedy":
+                    words = [
+                        "".join(self.tokenizer.decode_ndim(seq)).split(" ")
+                        for seq in hyp
+                    ]
+                else:
+                    words = [h[0].text.split(" ") for h in hyp]
+                self.wer_metrics[kind].append(batch.id, words, targets)
+                self.cer_metrics[kind].append(batch.id, words, targets)
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        """Fresh WER/CER trackers for validation and test."""
+        if stage != sb.Stage.TRAIN:
+            kinds = ["greedy"]
+            if stage == sb.Stage.TEST and self.test_searcher is not None:
+                kinds.append("beam")
+            self.wer_metrics = {k: self.hparams.error_rate_computer() for k in kinds}
+            self.cer_metrics = {k: self.hparams.cer_computer() for k in kinds}
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        """Logs loss, WER/CER and layer weights; anneals, checkpoints, and
+        writes the WER files of a test set."""
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {"loss": stage_loss}
+            return
+        stats = {"loss": stage_loss}
+        for kind in self.wer_metrics:
+            suffix = "" if kind == "greedy" else "_beam"
+            stats["WER" + suffix] = self.wer_metrics[kind].summarize("error_rate")
+            stats["CER" + suffix] = self.cer_metrics[kind].summarize("error_rate")
+        if stage == sb.Stage.VALID:
+            lrs = self.anneal(stats["loss"])
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, **lrs,
+                            "layer_weights": self.layer_weights_summary()},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"WER": stats["WER"]}, min_keys=["WER"]
+            )
+        else:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current,
+                            "test set": self.test_set_name,
+                            "layer_weights": self.layer_weights_summary()},
+                test_stats=stats,
+            )
+            if if_main_process():
+                for kind, metric in self.wer_metrics.items():
+                    path = Path(self.hparams.output_wer_folder) / (
+                        f"wer_{self.test_set_name}_{kind}.txt"
+                    )
+                    with open(path, "w", encoding="utf-8") as fout:
+                        metric.write_stats(fout)
+
+
+def dataio_prepare(hparams):
+    """Datasets of the prepared CSVs, audio and character pipelines.
+
+    Returns
+    -------
+    train_data, valid_data : DynamicItemDataset
+    test_datasets : dict
+        Test set name (CSV stem, e.g. ``test-clean``) -> dataset.
+    label_encoder : speechbrain.dataio.encoder.CTCTextEncoder
+        Characters of the training transcripts, blank and unk (saved in
+        ``save_folder``).
+    """
+    train_data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams["train_csv"])
+    limits = {
+        "key_max_value": {"duration": hparams["avoid_if_longer_than"]},
+        "key_min_value": {"duration": hparams["avoid_if_shorter_than"]},
+    }
+    if hparams["sorting"] in ("ascending", "descending"):
+        train_data = train_data.filtered_sorted(
+            sort_key="duration", reverse=hparams["sorting"] == "descending", **limits
+        )
+        hparams["train_dataloader_opts"]["shuffle"] = False
+    elif hparams["sorting"] == "random":
+        train_data = train_data.filtered_sorted(**limits)
+    else:
+        raise ValueError(
+            f"sorting: {hparams['sorting']!r} in the YAML; use random, ascending or descending."
+        )
+    valid_data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams["valid_csv"])
+    valid_data = valid_data.filtered_sorted(sort_key="duration")
+    test_datasets = {}
+    for csv_file in hparams["test_csv"]:
+        name = Path(csv_file).stem
+        test_datasets[name] = sb.dataio.dataset.DynamicItemDataset.from_csv(
+            csv_file
+        ).filtered_sorted(sort_key="duration")
+    datasets = [train_data, valid_data, *test_datasets.values()]
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        return load_audio(wav, hparams["sample_rate"])
+
+    sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
+    label_encoder = sb.dataio.encoder.CTCTextEncoder()
+
+    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.provides("wrd", "char_list", "tokens")
+    def text_pipeline(wrd):
+        yield wrd
+        char_list = list(wrd)
+        yield char_list
+        yield torch.LongTensor(label_encoder.encode_sequence(char_list))
+
+    sb.dataio.dataset.add_dynamic_item(datasets, text_pipeline)
+    label_encoder.load_or_create(
+        path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
+        from_didatasets=[train_data],
+        output_key="char_list",
+        special_labels={
+            "blank_label": hparams["blank_index"],
+            "unk_label": hparams["unk_index"],
+        },
+        sequence_input=True,
+    )
+    sb.dataio.dataset.set_output_keys(datasets, ["id", "sig", "wrd", "tokens"])
+    return train_data, valid_data, test_datasets, label_encoder
+
+
+def add_output_layer(hparams, label_encoder):
+    """Builds ``ctc_lin`` (a YAML partial) with one output per character
+    (blank and unk included) and adds it to ``model`` and ``modules``."""
+    n_tokens = len(label_encoder)
+    label_encoder.expect_len(n_tokens)
+    if hparams.get("output_neurons") not in (None, n_tokens):
+        logger.warning(
+            f"{n_tokens} CTC tokens in the training transcripts, "
+            f"{hparams['output_neurons']} expected (output_neurons in the YAML)."
+        )
+    ctc_lin = hparams["ctc_lin"](n_neurons=n_tokens)
+    hparams["model"].append(ctc_lin)
+    hparams["modules"]["ctc_lin"] = ctc_lin
+
+
+def make_test_searcher(hparams, label_encoder):
+    """SpeechBrain's ``CTCBeamSearcher`` over the character vocabulary
+    (``test_beam_search`` in the YAML; None if ``use_beam_search`` is off)."""
+    if not hparams["use_beam_search"]:
+        return None
+    from speechbrain.decoders.ctc import CTCBeamSearcher
+
+    ind2lab = label_encoder.ind2lab
+    vocab_list = [ind2lab[i] for i in range(len(ind2lab))]
+    kenlm = hparams["test_beam_search"].get("kenlm_model_path")
+    if kenlm is not None and not os.path.isfile(kenlm):
+        raise FileNotFoundError(
+            f"kenlm_model_path: {kenlm} (in the YAML) does not exist; give a "
+            "KenLM .arpa/.bin n-gram (e.g. from https://www.openslr.org/11) or null."
+        )
+    return CTCBeamSearcher(**hparams["test_beam_search"], vocab_list=vocab_list)
+
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+    hparams, _ = load_recipe_hparams(hparams_file, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+
+    from librispeech_prepare import prepare_librispeech  # noqa: E402
+
+    run_on_main(
+        prepare_librispeech,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["output_folder"],
+            "tr_splits": hparams["train_splits"],
+            "dev_splits": hparams["dev_splits"],
+            "te_splits": hparams["test_splits"],
+            "merge_lst": hparams["train_splits"],
+            "merge_name": "train.csv",
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    train_data, valid_data, test_datasets, label_encoder = dataio_prepare(hparams)
+    add_output_layer(hparams, label_encoder)
+    load_pretrained(hparams["pretrained_path"], hparams["encoder"], hparams["normalize"])
+
+    asr_brain = ASRProbe(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    asr_brain.tokenizer = label_encoder
+    asr_brain.test_searcher = make_test_searcher(hparams, label_encoder)
+    asr_brain.fit(
+        asr_brain.hparams.epoch_counter,
+        train_data,
+        valid_data,
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+    os.makedirs(hparams["output_wer_folder"], exist_ok=True)
+    for name, test_data in test_datasets.items():
+        asr_brain.test_set_name = name
+        asr_brain.evaluate(
+            test_data,
+            min_key="WER",
+            test_loader_kwargs=hparams["test_dataloader_opts"],
+        )
