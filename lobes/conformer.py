@@ -32,7 +32,7 @@ import math
 import torch
 from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
-from speechbrain.nnet.CNN import Conv2d
+from speechbrain.nnet.CNN import Conv2d, get_padding_elem
 from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 from speechbrain.nnet.activations import Swish
 from speechbrain.nnet.attention import PositionalwiseFeedForward
@@ -169,6 +169,10 @@ class ConvFrontEnd(nn.Module):
             conv_module=functools.partial(Conv2d, padding_mode="constant"),
             dropout=dropout,
         )
+        for module in self.cnn.modules():  # what _conv_time_major assumes
+            if isinstance(module, Conv2d):
+                assert module.padding == "same" and module.padding_mode == "constant"
+                assert not (module.swap or module.skip_transpose or module.max_norm)
         freq = n_mels
         for s in self.strides:
             freq = math.ceil(freq / s)
@@ -181,10 +185,52 @@ class ConvFrontEnd(nn.Module):
             lengths = torch.div(lengths + s - 1, s, rounding_mode="floor")
         return lengths
 
+    @staticmethod
+    def _conv_time_major(conv, x):
+        """SpeechBrain's ``Conv2d`` (``padding="same"``) on (B, T, F, C), with
+        the same numbers, without its two transposing copies.
+
+        SpeechBrain views (B, T, F, C) as (B, C, F, T) and convolves that:
+        time is the innermost spatial axis of the view but the outermost of
+        the memory, so the convolution first copies the whole activation into
+        that order and back (at 80 s, the largest costs of the model, growing
+        faster than T as the strided copy leaves the caches). Here the same
+        kernel, transposed to (T, F), convolves the (B, C, T, F) view, which is
+        PyTorch's ``channels_last`` layout of the very same memory: no copy,
+        and the output is (B, T', F', C') in memory order again.
+        """
+        k_f, k_t = conv.kernel_size
+        s_f, s_t = conv.stride
+        d_f, d_t = conv.dilation
+        padding = get_padding_elem(conv.in_channels, s_t, k_t, d_t) + get_padding_elem(
+            conv.in_channels, s_f, k_f, d_f
+        )  # (time left, right, freq left, right), as SpeechBrain pads
+        x = nn.functional.pad(x, (0, 0, padding[2], padding[3], padding[0], padding[1]))
+        out = nn.functional.conv2d(
+            x.permute(0, 3, 1, 2),  # (B, C, T, F) view, channels_last
+            conv.conv.weight.transpose(2, 3),
+            conv.conv.bias,
+            stride=(s_t, s_f),
+            dilation=(d_t, d_f),
+            groups=conv.conv.groups,
+        )
+        return out.permute(0, 2, 3, 1)  # (B, T', F', C')
+
+    def _block(self, block, x):
+        """One SpeechBrain ``ConvBlock`` (conv, LayerNorm, activation,
+        dropout; no residual) on (B, T, F, C)."""
+        for module in block.convs.children():
+            if isinstance(module, Conv2d):
+                x = self._conv_time_major(module, x)
+            else:
+                x = module(x)
+        return x
+
     def forward(self, x, lengths):
         """Maps (B, T, n_mels) and frame counts (B,) to (B, T', C*F') and (B,)."""
+        x = x.unsqueeze(-1)  # (B, T, F, 1), as SpeechBrain's front-end does
         for block, s in zip(self.cnn.children(), self.strides):
-            x = block(x)
+            x = self._block(block, x)
             lengths = torch.div(lengths + s - 1, s, rounding_mode="floor")
             valid = length_to_mask(lengths, x.shape[1]).bool()
             x = x * valid[:, :, None, None]

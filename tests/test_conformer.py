@@ -60,6 +60,27 @@ def test_frontend_matches_lengths_and_masks_between_blocks():
     torch.testing.assert_close(b[:, :8], a, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels,kernels", [((128, 32), (3, 3)), ((16, 8), (5, 3))])
+def test_frontend_equals_speechbrains_blocks(channels, kernels):
+    """ConvFrontEnd convolves a channels_last view instead of letting
+    SpeechBrain's Conv2d transpose the activation twice; the numbers (and
+    the state dict) must stay those of SpeechBrain's own blocks."""
+    from speechbrain.dataio.dataio import length_to_mask
+
+    torch.manual_seed(0)
+    fe = ConvFrontEnd(80, channels, kernels).eval()
+    x, lens = torch.randn(3, 101, 80), torch.tensor([101, 77, 40])
+    out, out_lens = fe(x, lens)
+    ref, ref_lens = x, lens
+    for block, s in zip(fe.cnn.children(), fe.strides):
+        ref = block(ref)  # SpeechBrain's ConvBlock.forward
+        ref_lens = torch.div(ref_lens + s - 1, s, rounding_mode="floor")
+        ref = ref * length_to_mask(ref_lens, ref.shape[1]).bool()[:, :, None, None]
+    assert out_lens.tolist() == ref_lens.tolist()
+    torch.testing.assert_close(out, ref.flatten(2), atol=2e-5, rtol=1e-5)
+    assert out.is_contiguous()
+
+
 def test_unknown_mixer_is_refused_with_the_valid_names():
     with pytest.raises(ValueError, match="Unknown token mixer 'attention'.*summarymixing"):
         ConformerEncoder("attention", **SMALL)
