@@ -19,7 +19,9 @@ What is measured, per (mode, mixer, duration) point:
   CPU in fp32;
 * ``--warmup`` untimed runs, then ``--repeats`` timed runs: mean and standard
   deviation of the wall-clock time (``time.perf_counter``, after
-  ``torch.cuda.synchronize`` on CUDA);
+  ``torch.cuda.synchronize`` on CUDA); tables, ratios and growth use the
+  median of the timed runs (robust to one run slowed by another process),
+  shown with their standard deviation;
 * peak memory of one run over what the model already holds, reset for every
   run, the largest over the timed runs:
 
@@ -49,7 +51,10 @@ tests) is 2 layers, FFN 128, widths / 16. The head always predicts
 ``--vocab`` (8192) codes.
 
 Threads: ``torch.set_num_threads(--threads)``, all the cores by default
-(``os.cpu_count()``).
+(``os.cpu_count()``). CPU points run with ``THP_MEM_ALLOC_ENABLE=1``
+(PyTorch's switch for transparent huge pages on CPU tensors) unless the
+variable is set: without it, page faults on the large activations of long
+inputs make every model slower than its arithmetic, more so as T grows.
 
 Example
 -------
@@ -90,6 +95,11 @@ LINEAR_MIXERS = (
     "mamba",
 )
 BASELINES = ("mhsa", "mhsa_sdpa")
+# The time that tables, ratios, growth and the check use: the median of the
+# timed runs (on a shared machine, one run slowed by another process moves a
+# mean of 3-5 runs by 10-20%; the median ignores it). The CSV has the mean,
+# standard deviation and every run too.
+TIME_KEY = "time_median_s"
 FRAMES_PER_SECOND = 100  # 10 ms fbank hop
 N_MELS = 80
 
@@ -141,6 +151,7 @@ CSV_FIELDS = [
     "params_m",
     "repeats",
     "warmup",
+    "time_median_s",
     "time_mean_s",
     "time_std_s",
     "mem_peak_mb",
@@ -464,7 +475,7 @@ def measure_point(
     Returns
     -------
     dict
-        ``time_mean_s``, ``time_std_s``, ``times_s``, ``mem_peak_mb`` (peak
+        ``time_median_s``, ``time_mean_s``, ``time_std_s``, ``times_s``, ``mem_peak_mb`` (peak
         over what the model and input hold), ``mem_total_mb`` (absolute
         peak: allocated on CUDA, process RSS on CPU), ``mem_method``, the
         model's sizes and ``status`` (``ok`` or ``OOM``).
@@ -556,6 +567,13 @@ def measure_point(
     def mean(xs):
         return sum(xs) / len(xs) if xs else float("nan")
 
+    def median(xs):
+        xs = sorted(xs)
+        if not xs:
+            return float("nan")
+        mid = len(xs) // 2
+        return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
     def std(xs):
         if len(xs) < 2:
             return 0.0 if xs else float("nan")
@@ -573,6 +591,7 @@ def measure_point(
         "params_m": round(info["params_m"], 3),
         "repeats": repeats,
         "warmup": warmup,
+        "time_median_s": median(times) if status == "ok" else float("nan"),
         "time_mean_s": mean(times) if status == "ok" else float("nan"),
         "time_std_s": std(times) if status == "ok" else float("nan"),
         "times_s": times,
@@ -604,6 +623,12 @@ def run_subprocess_point(point, timeout=3600):
     """
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(point)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Transparent huge pages for PyTorch's CPU tensors (its documented
+    # THP_MEM_ALLOC_ENABLE switch), for every mixer alike: with 4 KiB pages
+    # the page faults of the large activations at 60-80 s dominate and make
+    # every model's time grow faster than its arithmetic (export
+    # THP_MEM_ALLOC_ENABLE=0 to measure without).
+    env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO), env.get("PYTHONPATH")) if p
     )
@@ -633,6 +658,7 @@ def _failed(point, status):
         "frames": int(round(point["seconds"] * FRAMES_PER_SECOND)),
         "repeats": point.get("repeats"),
         "warmup": point.get("warmup"),
+        "time_median_s": nan,
         "time_mean_s": nan,
         "time_std_s": nan,
         "times_s": [],
@@ -663,9 +689,10 @@ def device_description(device, threads):
         except OSError:
             pass
         name = f"{name}, {os.cpu_count()} logical cores"
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "1 (subprocess points)")
     return (
         f"{name}; torch {torch.__version__}; {threads} threads "
-        f"(torch.set_num_threads)"
+        f"(torch.set_num_threads); THP_MEM_ALLOC_ENABLE={thp}"
     )
 
 
@@ -677,7 +704,7 @@ def add_ratios(rows):
         for base in BASELINES:
             ref = index.get((r["mode"], base, r["seconds"]))
             for what in ("time", "mem"):
-                key = "time_mean_s" if what == "time" else "mem_peak_mb"
+                key = TIME_KEY if what == "time" else "mem_peak_mb"
                 val = float("nan")
                 if ref is not None and ref[key] and not math.isnan(ref[key]):
                     val = r[key] / ref[key]
@@ -717,7 +744,7 @@ def format_tables(rows, mode, header, markdown=False):
     lengths = sorted({r["seconds"] for r in rows})
     index = {(r["mixer"], r["seconds"]): r for r in rows}
     longest = max(lengths)
-    _, short, _ = growth(rows, mode, mixers[0], "time_mean_s")
+    _, short, _ = growth(rows, mode, mixers[0], TIME_KEY)
     gname = f"{longest:g}s/{short:g}s" if short is not None else "growth"
     out = []
 
@@ -749,7 +776,7 @@ def format_tables(rows, mode, header, markdown=False):
         if r["status"] != "ok":
             return r["status"].split(":")[0]
         return (
-            f"{_fmt(r['time_mean_s'])} ± {_fmt(r['time_std_s'])} "
+            f"{_fmt(r[TIME_KEY])} ± {_fmt(r['time_std_s'])} "
             f"({_fmt(r['time_ratio_mhsa'], 2)})"
         )
 
@@ -765,7 +792,7 @@ def format_tables(rows, mode, header, markdown=False):
         f"Last column: growth {gname} (4x linear, 16x quadratic)."
     )
     out.append("")
-    table("Time per batch, seconds, mean ± std", time_cell, "time_mean_s")
+    table("Time per batch, seconds, median ± std of the timed runs", time_cell, TIME_KEY)
     table("Peak memory over the model, MB", mem_cell, "mem_peak_mb")
     out.extend(check_linear(rows, mode, markdown))
     return "\n".join(out)
@@ -781,7 +808,7 @@ def check_linear(rows, mode, markdown=False):
     ref = index.get(("mhsa", longest))
     if ref is None or ref["status"] != "ok":
         return []
-    g_ref, short, _ = growth(rows, mode, "mhsa", "time_mean_s")
+    g_ref, short, _ = growth(rows, mode, "mhsa", TIME_KEY)
     bullet = "- " if markdown else "  "
     out = [f"Check at {longest:g} s (linear mixers vs mhsa, same run):"]
     if short is not None:
@@ -790,7 +817,7 @@ def check_linear(rows, mode, markdown=False):
         r = index.get((m, longest))
         if m not in LINEAR_MIXERS or r is None:
             continue
-        faster = r["time_mean_s"] < ref["time_mean_s"]
+        faster = r[TIME_KEY] < ref[TIME_KEY]
         lighter = r["mem_peak_mb"] < ref["mem_peak_mb"]
         line = (
             f"{bullet}{m}: time x{_fmt(r['time_ratio_mhsa'], 2)} "
@@ -800,7 +827,7 @@ def check_linear(rows, mode, markdown=False):
         )
         ok = faster and lighter
         if short is not None:
-            g, _, _ = growth(rows, mode, m, "time_mean_s")
+            g, _, _ = growth(rows, mode, m, TIME_KEY)
             linear = g <= 4.5 and g < g_ref  # False when not measured (NaN)
             ok = ok and linear
             line += (
@@ -841,7 +868,7 @@ def plot(rows, mode, path, title, logy=False):
         style = "--" if m in BASELINES else "-"
         axes[0].errorbar(
             xs,
-            [r["time_mean_s"] for _, r in pts],
+            [r[TIME_KEY] for _, r in pts],
             yerr=[r["time_std_s"] for _, r in pts],
             fmt=style + "o",
             ms=4,
@@ -886,7 +913,7 @@ def parse_args(argv=None):
                    help="paper: YAML widths; small: 4 layers, widths/4, FFN 512; "
                         "tiny: 2 layers, widths/16, FFN 128")
     p.add_argument("--vocab", type=int, default=8192, help="codes of the head")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per point")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per point")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda")
@@ -954,7 +981,7 @@ def main(argv=None):
                 rows.append(r)
                 print(
                     f"[{mode}] {mixer:18s} {seconds:5g} s: "
-                    f"{_fmt(r['time_mean_s'])} ± {_fmt(r['time_std_s'])} s, "
+                    f"{_fmt(r[TIME_KEY])} ± {_fmt(r['time_std_s'])} s, "
                     f"{_fmt_mem(r['mem_peak_mb'])} MB  ({r['status']})",
                     flush=True,
                 )

@@ -61,11 +61,13 @@ def test_main_writes_csv_markdown_and_ratios(efficiency, tmp_path):
 def test_subprocess_point_measures_memory(efficiency):
     point = dict(
         mixer="fastformer", seconds=1.0, mode="train", batch=1, size="tiny",
-        device="cpu", repeats=1, warmup=0, vocab=64, threads=1,
+        device="cpu", repeats=4, warmup=0, vocab=64, threads=1,
     )
     r = efficiency.run_subprocess_point(point, timeout=120)
     assert r["status"] == "ok", r
     assert r["time_mean_s"] > 0 and r["mem_peak_mb"] > 0
+    times = sorted(r["times_s"])
+    assert len(times) == 4 and r["time_median_s"] == (times[1] + times[2]) / 2
     assert r["d_model"] == 40 and r["num_layers"] == 2
 
 
