@@ -77,7 +77,29 @@ class EpochSeededBatchesMixin:
         return loader
 
 
-class BestRQBrain(EpochSeededBatchesMixin, sb.Brain):
+class CPUDistributedMixin:
+    """DDP on CPU (gloo) for a ``Brain`` whose modules hold BatchNorm.
+
+    SpeechBrain 1.1.2 converts every BatchNorm of a trainable module to
+    ``SyncBatchNorm`` before wrapping it in DDP, and ``SyncBatchNorm`` refuses
+    CPU modules: an ECAPA or X-vector probe cannot start under ``torchrun``
+    on CPU. On CPU this wraps the modules in DDP as SpeechBrain does, minus
+    the conversion (each rank normalises with its own batch statistics, as
+    BatchNorm does without DDP); on GPU SpeechBrain's own code runs.
+    """
+
+    def _wrap_distributed(self):
+        if not self.distributed_launch or str(self.device).startswith("cuda"):
+            return super()._wrap_distributed()
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                    module, device_ids=None,
+                    find_unused_parameters=self.find_unused_parameters,
+                )
+
+
+class BestRQBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
     """BEST-RQ masked prediction of random-projection codes.
 
     Expects ``modules`` with ``encoder`` (``lobes.conformer.ConformerEncoder``),

@@ -23,12 +23,12 @@ import speechbrain as sb
 from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.logger import get_logger
 
-from lobes.brain import EpochSeededBatchesMixin
+from lobes.brain import CPUDistributedMixin, EpochSeededBatchesMixin
 
 logger = get_logger(__name__)
 
 
-class ProbeBrain(EpochSeededBatchesMixin, sb.Brain):
+class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
     """MP3S probe on a frozen encoder.
 
     Expects ``modules.weighted_ssl`` (``lobes.weighted_sum.WeightedLayerSum``)

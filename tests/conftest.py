@@ -50,6 +50,20 @@ def run_recipe(recipe_dir, args, timeout=900, check=True):
     return proc
 
 
+def run_ddp(recipe_dir, args, nproc=2, timeout=1200):
+    """Runs ``torchrun --nproc_per_node=nproc train.py *args`` on the gloo
+    backend (CPU) in ``recipe_dir``; fails with the ranks' output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc_per_node={nproc}", "train.py", *map(str, args),
+         "--distributed_backend=gloo"],
+        cwd=recipe_dir, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 PRETRAIN_RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ"
 PROBE_LAYERS = 2  # layers of the demo encoders the probe tests load
 

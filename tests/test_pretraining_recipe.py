@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import REPO, run_recipe
+from conftest import REPO, run_ddp, run_recipe
 from demo_overrides import demo_overrides
 
 RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ"
@@ -179,14 +179,8 @@ def test_ddp_two_cpu_processes_match_single_process(demo_data, tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     pretrain(demo_data, single, "fastformer", epochs=3, extra=["--grad_accumulation_factor=2"])
     overrides = demo_overrides("fastformer", epochs=3, layers=2)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "train.py", "hparams/bestrq_fastformer.yaml", f"--data_folder={demo_data / 'LibriSpeech'}",
-         f"--output_folder={ddp}", "--distributed_backend=gloo", *overrides],
-        cwd=RECIPE, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_ddp(RECIPE, ["hparams/bestrq_fastformer.yaml", f"--data_folder={demo_data / 'LibriSpeech'}",
+                     f"--output_folder={ddp}", *overrides])
     epochs = {}
     for run in (single, ddp):
         lines = (run / "train_log.txt").read_text().splitlines()

@@ -251,10 +251,12 @@ if __name__ == "__main__":
     )
     logger.info(summary)
     print(summary)
+    # every rank calls the logger: it writes on the main process only and
+    # then broadcasts, so a call from the main process alone would hang DDP
+    brain.hparams.train_logger.log_stats(
+        stats_meta={"best epoch (lowest dev error)": brain.hparams.epoch_counter.current},
+        test_stats={"EER": eer * 100, "minDCF": min_dcf, "minDCF_norm": min_dcf_norm},
+    )
     if if_main_process():
-        brain.hparams.train_logger.log_stats(
-            stats_meta={"best epoch (lowest dev error)": brain.hparams.epoch_counter.current},
-            test_stats={"EER": eer * 100, "minDCF": min_dcf, "minDCF_norm": min_dcf_norm},
-        )
         with open(hparams["verification_results"], "w", encoding="utf-8") as f:
             f.write(summary + "\n")
