@@ -89,7 +89,15 @@ def test_bilstm_ctc_end_to_end(demo_data, pretrained_demo, tmp_path):
         for kind in ("greedy", "beam"):
             text = (out / f"wer_{test_set}_{kind}.txt").read_text()
             assert "%WER" in text
-    assert (out / "save" / "label_encoder.txt").is_file()
+    # every CTC output decodes to a character (an int label once crashed the
+    # greedy decoding whenever the probe emitted the unk index)
+    from speechbrain.dataio.encoder import CTCTextEncoder
+
+    encoder = CTCTextEncoder()
+    encoder.load(out / "save" / "label_encoder.txt")
+    labels = [encoder.ind2lab[i] for i in range(len(encoder))]
+    assert all(isinstance(label, str) for label in labels), labels
+    assert labels[0] == "<blank>" and "<unk>" in labels, labels
 
 
 @pytest.mark.slow

@@ -200,7 +200,7 @@ def dataio_prepare(hparams):
         output_key="char_list",
         special_labels={
             "blank_label": hparams["blank_index"],
-            "unk_label": hparams["unk_index"],
+            "unk_label": hparams["unk_label"],  # a label, not an index
         },
         sequence_input=True,
     )
