@@ -2,13 +2,16 @@
 # The demo job: pretrain a small BEST-RQ SummaryMixing Conformer on the demo
 # corpus (synthetic speech in LibriSpeech's layout) on CPU, a few minutes.
 # The real recipe and YAML run; only sizes and schedule are overridden.
-# MIXER=fastformer bash tools/run_demo.sh picks another mixer.
+# Then the four MP3S probes on the frozen result (tools/run_probes.sh;
+# PROBES=0 skips them). MIXER=fastformer bash tools/run_demo.sh picks another
+# mixer.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY="$ROOT/.venv/bin/python"
 MIXER=${MIXER:-summarymixing}
 OUT=${OUT:-$ROOT/results/demo_bestrq_$MIXER}
 EPOCHS=${EPOCHS:-15}
+PROBES=${PROBES:-1}
 
 "$PY" "$ROOT/tools/demo_corpus.py" --out "$ROOT/demo_data" --tasks librispeech
 mapfile -t OVERRIDES < <("$PY" "$ROOT/tools/demo_overrides.py" "$MIXER" --epochs "$EPOCHS")
@@ -22,3 +25,8 @@ echo "Loss every 10 optimizer steps ($OUT/train_steps_log.txt):"
 cut -d, -f1,3,5 "$OUT/train_steps_log.txt" | sed -n '1p;0~5p;$p'
 echo "Per epoch ($OUT/train_log.txt):"
 tail -n 3 "$OUT/train_log.txt"
+
+if [ "$PROBES" != 0 ]; then
+    echo
+    MIXER="$MIXER" PRETRAINED="$OUT" bash "$ROOT/tools/run_probes.sh"
+fi
