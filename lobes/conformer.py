@@ -169,7 +169,8 @@ class ConvFrontEnd(nn.Module):
             conv_module=functools.partial(Conv2d, padding_mode="constant"),
             dropout=dropout,
         )
-        for module in self.cnn.modules():  # what _conv_time_major assumes
+        for module in self.cnn.modules():  # what _block and _conv_time_major assume
+            assert getattr(module, "reduce_conv", None) is None  # no residual blocks
             if isinstance(module, Conv2d):
                 assert module.padding == "same" and module.padding_mode == "constant"
                 assert not (module.swap or module.skip_transpose or module.max_norm)
