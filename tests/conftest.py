@@ -1,5 +1,6 @@
 """Shared pytest fixtures: seeding, the demo corpus, running recipes."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -48,6 +49,15 @@ def run_recipe(recipe_dir, args, timeout=900, check=True):
             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def load_script(path, name=None):
+    """Imports the Python file ``path`` as a module (recipe folders are not
+    put on ``sys.path``: they all hold a ``train.py``)."""
+    spec = importlib.util.spec_from_file_location(name or f"script_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_ddp(recipe_dir, args, nproc=2, timeout=1200):

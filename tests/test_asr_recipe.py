@@ -2,12 +2,11 @@
 link, and end to end (greedy and beam-search WER) on the demo corpus."""
 
 import csv
-import importlib.util
 import os
 import re
 
 import pytest
-from conftest import PROBE_LAYERS, REPO, run_recipe
+from conftest import PROBE_LAYERS, REPO, load_script, run_recipe
 from demo_overrides import demo_encoder_override
 
 RECIPE = REPO / "recipes/LibriSpeech/ASR"
@@ -26,12 +25,7 @@ TEST_SETS = ["test-clean", "test-other"]
 
 
 def _prepare_module():
-    spec = importlib.util.spec_from_file_location(
-        "asr_librispeech_prepare", RECIPE / "librispeech_prepare.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RECIPE / "librispeech_prepare.py", "asr_librispeech_prepare")
 
 
 def probe_args(hparams, mixer, pretrained, data, out, epochs=1):

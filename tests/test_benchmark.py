@@ -1,21 +1,18 @@
 """The efficiency benchmark runs end to end on a tiny configuration."""
 
 import csv
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "efficiency.py"
 
 
 @pytest.fixture(scope="module")
 def efficiency():
-    spec = importlib.util.spec_from_file_location("efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "efficiency")
 
 
 def test_main_writes_csv_markdown_and_ratios(efficiency, tmp_path):

@@ -2,20 +2,15 @@
 folds, one fold and the cross-validation driver end to end on the demo
 corpus, and the refusal of a checkpoint of another mixer."""
 
-import importlib.util
 import json
 import re
 
 import pytest
-from conftest import PROBE_LAYERS, REPO, run_recipe
+from conftest import PROBE_LAYERS, REPO, load_script, run_recipe
 from demo_overrides import demo_encoder_override
 
 RECIPE = REPO / "recipes/IEMOCAP/EmotionRecognition"
-# the prepare script by path (recipe folders are not put on sys.path: they
-# all hold a train.py)
-_spec = importlib.util.spec_from_file_location("iemocap_prepare", RECIPE / "iemocap_prepare.py")
-iemocap_prepare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(iemocap_prepare)
+iemocap_prepare = load_script(RECIPE / "iemocap_prepare.py", "iemocap_prepare")
 fold_speakers = iemocap_prepare.fold_speakers
 prepare_iemocap = iemocap_prepare.prepare_iemocap
 

@@ -2,14 +2,13 @@
 SLURP, and a probe that learns on a pretrained demo encoder."""
 
 import csv
-import importlib.util
 import json
 import re
 import shutil
 
 import pytest
 import torch
-from conftest import PROBE_LAYERS, REPO, run_recipe
+from conftest import PROBE_LAYERS, REPO, load_script, run_recipe
 from demo_overrides import demo_encoder_override
 
 RECIPE = REPO / "recipes/SLURP/IntentClassification"
@@ -18,12 +17,7 @@ PROBES = ["linear", "bilstm"]
 
 
 def _prepare_module():
-    spec = importlib.util.spec_from_file_location(
-        "slurp_prepare_under_test", RECIPE / "slurp_prepare.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RECIPE / "slurp_prepare.py", "slurp_prepare_under_test")
 
 
 def read_csv(path):

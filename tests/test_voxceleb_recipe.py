@@ -2,19 +2,14 @@
 the demo corpus, and a probe that learns."""
 
 import csv
-import importlib.util
 import re
 
 import pytest
-from conftest import PROBE_LAYERS, REPO, run_recipe
+from conftest import PROBE_LAYERS, REPO, load_script, run_recipe
 from demo_overrides import demo_encoder_override
 
 RECIPE = REPO / "recipes/VoxCeleb/SpeakerVerification"
-# the prepare script by path (recipe folders are not put on sys.path: they
-# all hold a train.py)
-_spec = importlib.util.spec_from_file_location("voxceleb_prepare", RECIPE / "voxceleb_prepare.py")
-voxceleb_prepare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(voxceleb_prepare)
+voxceleb_prepare = load_script(RECIPE / "voxceleb_prepare.py", "voxceleb_prepare")
 prepare_voxceleb = voxceleb_prepare.prepare_voxceleb
 read_trials = voxceleb_prepare.read_trials
 
