@@ -76,6 +76,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -564,22 +565,7 @@ def measure_point(
             raise
         status = "OOM"
 
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else float("nan")
-
-    def median(xs):
-        xs = sorted(xs)
-        if not xs:
-            return float("nan")
-        mid = len(xs) // 2
-        return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
-
-    def std(xs):
-        if len(xs) < 2:
-            return 0.0 if xs else float("nan")
-        m = mean(xs)
-        return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-
+    ok = status == "ok" and times
     return {
         "mixer": mixer,
         "seconds": seconds,
@@ -591,9 +577,9 @@ def measure_point(
         "params_m": round(info["params_m"], 3),
         "repeats": repeats,
         "warmup": warmup,
-        "time_median_s": median(times) if status == "ok" else float("nan"),
-        "time_mean_s": mean(times) if status == "ok" else float("nan"),
-        "time_std_s": std(times) if status == "ok" else float("nan"),
+        "time_median_s": statistics.median(times) if ok else float("nan"),
+        "time_mean_s": statistics.mean(times) if ok else float("nan"),
+        "time_std_s": (statistics.stdev(times) if len(times) > 1 else 0.0) if ok else float("nan"),
         "times_s": times,
         "mem_peak_mb": max(mems) if mems and status == "ok" else float("nan"),
         "mem_total_mb": max(totals) if totals and status == "ok" else float("nan"),

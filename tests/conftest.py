@@ -30,22 +30,29 @@ def demo_data():
     return root
 
 
-def run_recipe(recipe_dir, args, timeout=900, check=True):
+def run_recipe(recipe_dir, args, timeout=900, check=True, nproc=1):
     """Runs ``python train.py *args`` in ``recipe_dir``; returns the process.
 
-    On failure the recipe's output is shown in the assertion message.
+    ``nproc > 1``: ``torchrun --nproc_per_node=nproc`` on the gloo backend
+    (CPU DDP), one thread per rank. On failure the recipe's output (all
+    ranks') is shown in the assertion message.
     """
+    args = [*map(str, args)]
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        args.append("--distributed_backend=gloo")
     proc = subprocess.run(
-        [sys.executable, "train.py", *map(str, args)],
+        [*launcher, "train.py", *args],
         cwd=recipe_dir,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1" if nproc > 1 else "2"},
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"train.py {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+            f"train.py {' '.join(args)} failed ({proc.returncode}):\n"
             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
@@ -58,20 +65,6 @@ def load_script(path, name=None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def run_ddp(recipe_dir, args, nproc=2, timeout=1200):
-    """Runs ``torchrun --nproc_per_node=nproc train.py *args`` on the gloo
-    backend (CPU) in ``recipe_dir``; fails with the ranks' output."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone",
-         f"--nproc_per_node={nproc}", "train.py", *map(str, args),
-         "--distributed_backend=gloo"],
-        cwd=recipe_dir, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 PRETRAIN_RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ"

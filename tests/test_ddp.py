@@ -10,7 +10,7 @@ import pytest
 import test_asr_recipe
 import test_slurp_recipe
 import test_voxceleb_recipe
-from conftest import PROBE_LAYERS, REPO, run_ddp, run_recipe
+from conftest import PROBE_LAYERS, REPO, run_recipe
 from demo_overrides import demo_encoder_override
 
 IEMOCAP = REPO / "recipes/IEMOCAP/EmotionRecognition"
@@ -39,8 +39,9 @@ def test_probe_ddp_two_processes_match_single_process(demo_data, pretrained_demo
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     run_recipe(IEMOCAP, [*common, f"--experiment_folder={single}",
                          "--train_dataloader_opts={batch_size: 8, shuffle: True, num_workers: 0}"])
-    run_ddp(IEMOCAP, [*common, f"--experiment_folder={ddp}",
-                      "--train_dataloader_opts={batch_size: 4, shuffle: True, num_workers: 0}"])
+    run_recipe(IEMOCAP, [*common, f"--experiment_folder={ddp}",
+                         "--train_dataloader_opts={batch_size: 4, shuffle: True, num_workers: 0}"],
+               nproc=2, timeout=1200)
     a, b = epoch_losses(single), epoch_losses(ddp)
     assert len(a) == len(b) == 3, (a, b)
     for x, y in zip(a, b):
@@ -63,13 +64,7 @@ def test_every_probe_recipe_runs_under_ddp(demo_data, pretrained_demo, tmp_path,
         args = module.probe_args("linear", "summarymixing", pretrained, data, out)
     else:
         module, result = test_voxceleb_recipe, "verification.txt"
-        args = [
-            "hparams/ecapa.yaml", "--mixer=summarymixing",
-            demo_encoder_override("summarymixing", PROBE_LAYERS),
-            f"--pretrained_path={pretrained / 'save'}",
-            f"--data_folder={demo_data / 'VoxCeleb1'}", f"--output_folder={out}",
-            "--number_of_epochs=1", "--out_n_neurons=8", *module.TINY_PROBE,
-        ]
-    run_ddp(module.RECIPE, args)
+        args = module.probe_args(demo_data, pretrained, out, epochs=1)
+    run_recipe(module.RECIPE, args, nproc=2, timeout=1200)
     assert (out / result).is_file()
     assert "epoch: 1" in (out / "train_log.txt").read_text()

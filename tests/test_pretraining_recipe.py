@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import REPO, run_ddp, run_recipe
+from conftest import REPO, run_recipe
 from demo_overrides import demo_overrides
 
 RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ"
@@ -179,8 +179,8 @@ def test_ddp_two_cpu_processes_match_single_process(demo_data, tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     pretrain(demo_data, single, "fastformer", epochs=3, extra=["--grad_accumulation_factor=2"])
     overrides = demo_overrides("fastformer", epochs=3, layers=2)
-    run_ddp(RECIPE, ["hparams/bestrq_fastformer.yaml", f"--data_folder={demo_data / 'LibriSpeech'}",
-                     f"--output_folder={ddp}", *overrides])
+    run_recipe(RECIPE, ["hparams/bestrq_fastformer.yaml", f"--data_folder={demo_data / 'LibriSpeech'}",
+                        f"--output_folder={ddp}", *overrides], nproc=2, timeout=1200)
     epochs = {}
     for run in (single, ddp):
         lines = (run / "train_log.txt").read_text().splitlines()

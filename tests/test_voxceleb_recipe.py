@@ -29,24 +29,25 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def probe(demo_data, pretrained, out, mixer="summarymixing", probe_yaml="ecapa",
-          epochs=2, extra=(), check=True):
-    return run_recipe(
-        RECIPE,
-        [
-            f"hparams/{probe_yaml}.yaml",
-            f"--mixer={mixer}",
-            demo_encoder_override(mixer, PROBE_LAYERS),
-            f"--pretrained_path={pretrained / 'save'}",
-            f"--data_folder={demo_data / 'VoxCeleb1'}",
-            f"--output_folder={out}",
-            f"--number_of_epochs={epochs}",
-            "--out_n_neurons=8",
-            *TINY_PROBE,
-            *extra,
-        ],
-        check=check,
-    )
+def probe_args(demo_data, pretrained, out, mixer="summarymixing", probe_yaml="ecapa",
+               epochs=2, extra=()):
+    """Command line of a demo-size probe run on ``pretrained``."""
+    return [
+        f"hparams/{probe_yaml}.yaml",
+        f"--mixer={mixer}",
+        demo_encoder_override(mixer, PROBE_LAYERS),
+        f"--pretrained_path={pretrained / 'save'}",
+        f"--data_folder={demo_data / 'VoxCeleb1'}",
+        f"--output_folder={out}",
+        f"--number_of_epochs={epochs}",
+        "--out_n_neurons=8",
+        *TINY_PROBE,
+        *extra,
+    ]
+
+
+def probe(demo_data, pretrained, out, check=True, **kwargs):
+    return run_recipe(RECIPE, probe_args(demo_data, pretrained, out, **kwargs), check=check)
 
 
 def log_lines(out):
