@@ -177,7 +177,7 @@ class PretrainingModel(torch.nn.Module):
     Arguments
     ---------
     encoder : torch.nn.Module
-        A ``lobes.conformer.ConformerEncoder`` (conv front-end included).
+        A ``lobes.encoder.ConformerEncoder`` (conv front-end included).
     d_model : int
         Output size of the encoder.
     vocab : int
@@ -185,7 +185,7 @@ class PretrainingModel(torch.nn.Module):
 
     Example
     -------
-    >>> from lobes.conformer import ConformerEncoder
+    >>> from lobes.encoder import ConformerEncoder
     >>> enc = ConformerEncoder("fastformer", num_layers=1, d_model=16,
     ...                        nhead=2, d_ffn=32, kernel_size=3)
     >>> PretrainingModel(enc, 16, 10)(torch.rand(2, 40, 80)).shape
@@ -294,7 +294,7 @@ def build_model(mixer, size="paper", vocab=8192, device="cpu"):
     """
     from hyperpyyaml import load_hyperpyyaml
 
-    from lobes.conformer import ConformerEncoder
+    from lobes.encoder import ConformerEncoder
 
     path, overrides = model_config(mixer, size)
     scale = SIZES[size]["scale"]
@@ -934,7 +934,7 @@ def main(argv=None):
     modes = ["forward", "train"] if args.mode == "both" else [args.mode]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA device is available")
-    from lobes.conformer import check_mixer_name
+    from lobes.mixers import check_mixer_name
 
     for m in mixers:
         check_mixer_name(m)

@@ -10,15 +10,29 @@ only once all files are on disk: a crash while saving leaves the previous
 checkpoint as the one to recover. Leftover partial folders are removed at the
 next save.
 
+``RandomState`` makes the random number generators part of a checkpoint, so
+that a resumed run draws the same masks, noise and dropout as an
+uninterrupted one.
+
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
 import logging
 import os
+import random
 import shutil
 
-from speechbrain.utils.checkpoints import Checkpoint, Checkpointer
+import numpy as np
+import torch
+
+from speechbrain.utils.checkpoints import (
+    Checkpoint,
+    Checkpointer,
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 from speechbrain.utils.logger import get_logger
 
@@ -94,3 +108,52 @@ class AtomicCheckpointer(Checkpointer):
             saved.meta,
             {k: final / p.name for k, p in saved.paramfiles.items()},
         )
+
+
+@register_checkpoint_hooks
+class RandomState:
+    """Checkpointable random number generator states (torch, numpy, random).
+
+    BEST-RQ draws masks and noise at every step: with this recoverable in the
+    ``Checkpointer``, a resumed run draws the same ones as an uninterrupted
+    run would, so resuming gives the same model.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> state = RandomState()
+    >>> path = os.path.join(tempfile.mkdtemp(), "rng.ckpt")
+    >>> state.save(path)
+    >>> a = torch.rand(1)
+    >>> state.load(path)
+    >>> bool(torch.rand(1) == a)
+    True
+    """
+
+    @mark_as_saver
+    def save(self, path):
+        """Saves the current states to ``path``."""
+        torch.save(
+            {
+                "torch": torch.get_rng_state(),
+                "cuda": (
+                    torch.cuda.get_rng_state_all()
+                    if torch.cuda.is_available()
+                    else []
+                ),
+                "numpy": np.random.get_state(),
+                "random": random.getstate(),
+            },
+            path,
+        )
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        """Restores the states saved at ``path``."""
+        del end_of_epoch
+        state = torch.load(path, weights_only=False)
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["random"])

@@ -63,7 +63,7 @@ from lobes.pretrained import encoder_state_dict, load_pretrained, resolve_checkp
 
 logger = get_logger(__name__)
 
-ENCODER_TAG = "!new:lobes.conformer.ConformerEncoder"
+ENCODER_TAG = "!new:lobes.encoder.ConformerEncoder"
 FBANK_DEFAULTS = {"sample_rate": 16000, "n_fft": 400, "n_mels": 80, "hop_length": 10}
 PLACEHOLDER = re.compile(r"^(\w+):\s*!PLACEHOLDER", re.MULTILINE)
 # Constructor arguments written first, in this order (the encoder YAMLs').
@@ -123,7 +123,7 @@ def read_hparams(hparams_file, overrides=None):
     >>> yaml_file = Path(__file__).parents[1] / "hparams/encoder_fastformer.yaml"
     >>> doc = read_hparams(yaml_file, {"d_model": 64})
     >>> doc["encoder"].tag.value, doc["encoder"]["d_model"]
-    ('!new:lobes.conformer.ConformerEncoder', 64)
+    ('!new:lobes.encoder.ConformerEncoder', 64)
     """
     hparams_file = Path(hparams_file)
     if not hparams_file.is_file():
@@ -385,7 +385,7 @@ def export_encoder(checkpoint, hparams_file=None, out_folder=None, overrides=Non
     Example
     -------
     >>> import tempfile
-    >>> from lobes.conformer import ConformerEncoder
+    >>> from lobes.encoder import ConformerEncoder
     >>> ckpt = Path(tempfile.mkdtemp())
     >>> enc = ConformerEncoder("fastformer", num_layers=1, d_model=16, nhead=2,
     ...                        d_ffn=32, kernel_size=3)

@@ -71,7 +71,7 @@ def load_encoder_checkpoint(encoder, path):
     Example
     -------
     >>> import tempfile
-    >>> from lobes.conformer import ConformerEncoder
+    >>> from lobes.encoder import ConformerEncoder
     >>> path = tempfile.mkdtemp() + "/encoder.ckpt"
     >>> small = dict(num_layers=1, nhead=1, d_ffn=32, kernel_size=3)
     >>> torch.save(ConformerEncoder("fastformer", d_model=16, **small).state_dict(), path)
@@ -98,13 +98,13 @@ class BestRQEncoder(Pretrained):
     (see ``lobes.export``). The folder's ``hyperparams.yaml`` provides
     ``modules`` ``compute_features`` (Fbank), ``normalizer``
     (InputNormalization with the pretraining statistics) and ``encoder``
-    (``lobes.conformer.ConformerEncoder``), and ``sample_rate``.
+    (``lobes.encoder.ConformerEncoder``), and ``sample_rate``.
 
     Example
     -------
     >>> from speechbrain.lobes.features import Fbank
     >>> from speechbrain.processing.features import InputNormalization
-    >>> from lobes.conformer import ConformerEncoder
+    >>> from lobes.encoder import ConformerEncoder
     >>> norm = InputNormalization()
     >>> _ = norm(torch.rand(1, 10, 80))
     >>> enc = BestRQEncoder(

@@ -102,7 +102,7 @@ def load_pretrained(path, encoder, normalizer=None):
     ---------
     path : str or Path
         Any form accepted by ``resolve_checkpoint``.
-    encoder : lobes.conformer.ConformerEncoder
+    encoder : lobes.encoder.ConformerEncoder
         Built from the same ``hparams/encoder_<mixer>.yaml`` and sizes as the
         pretraining; a mismatch raises ``ValueError`` naming the difference.
     normalizer : speechbrain.processing.features.InputNormalization, optional
@@ -116,7 +116,7 @@ def load_pretrained(path, encoder, normalizer=None):
     Example
     -------
     >>> import tempfile
-    >>> from lobes.conformer import ConformerEncoder
+    >>> from lobes.encoder import ConformerEncoder
     >>> enc = ConformerEncoder("fastformer", num_layers=1, d_model=16,
     ...                        nhead=2, d_ffn=32, kernel_size=3)
     >>> folder = tempfile.mkdtemp()

@@ -23,7 +23,7 @@ import speechbrain as sb
 from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.logger import get_logger
 
-from lobes.brain import CPUDistributedMixin, EpochSeededBatchesMixin
+from lobes.training import CPUDistributedMixin, EpochSeededBatchesMixin
 
 logger = get_logger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from hyperpyyaml import load_hyperpyyaml
 
-from lobes.conformer import check_mixer_name
+from lobes.mixers import check_mixer_name
 
 INCLUDE_LINE = re.compile(
     r"^(encoder_hparams:\s*!include:\S*encoder_)(\w+)(\.yaml)", re.MULTILINE

@@ -32,7 +32,7 @@ class WeightedLayerSum(nn.Module):
 
     Arguments
     ---------
-    encoder : lobes.conformer.ConformerEncoder
+    encoder : lobes.encoder.ConformerEncoder
         The pretrained encoder (frozen here, in place).
     normalizer : torch.nn.Module, optional
         The pretraining's feature normaliser (e.g. SpeechBrain's
@@ -43,7 +43,7 @@ class WeightedLayerSum(nn.Module):
 
     Example
     -------
-    >>> from lobes.conformer import ConformerEncoder
+    >>> from lobes.encoder import ConformerEncoder
     >>> enc = ConformerEncoder("fastformer", num_layers=2, d_model=16,
     ...                        nhead=2, d_ffn=32, kernel_size=3)
     >>> probe_input = WeightedLayerSum(enc)

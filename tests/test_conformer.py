@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lobes.conformer import MIXERS, ConformerEncoder, ConvFrontEnd
+from lobes.encoder import ConformerEncoder, ConvFrontEnd
+from lobes.mixers import MIXERS
 
 SMALL = dict(num_layers=2, d_model=32, nhead=4, d_ffn=64, kernel_size=5, dropout=0.0)
 SMALL_KWARGS = {

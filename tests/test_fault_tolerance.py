@@ -10,7 +10,7 @@ from demo_overrides import demo_overrides
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import mark_as_saver, register_checkpoint_hooks
 
-from lobes.brain import BestRQBrain
+from lobes.pretraining import BestRQBrain
 from lobes.checkpoint import AtomicCheckpointer
 from lobes.dataio import AudioReadError, load_audio
 

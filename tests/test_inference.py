@@ -21,8 +21,8 @@ from demo_overrides import demo_encoder_override
 from speechbrain.lobes.features import Fbank
 from speechbrain.processing.features import InputNormalization
 
-import lobes.mamba
-from lobes.conformer import ConformerEncoder
+import lobes.mixers.mamba
+from lobes.encoder import ConformerEncoder
 from lobes.dataio import load_audio
 from lobes.export import encoder_definition, export_encoder, read_hparams
 from lobes.export import main as export_main
@@ -262,7 +262,7 @@ def fake_selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         delta = delta + delta_bias[None, :, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    y = lobes.mamba.selective_scan_ref(u, delta, A, B, C, D)
+    y = lobes.mixers.mamba.selective_scan_ref(u, delta, A, B, C, D)
     return y * F.silu(z) if z is not None else y
 
 
@@ -273,9 +273,9 @@ def test_mamba_checkpoint_from_the_cuda_kernel_path_runs_on_cpu(tmp_path, monkey
     args = tiny_args("mamba", backend="cuda")
     cpu_keys = ConformerEncoder("mamba", **tiny_args("mamba", backend="torch")).state_dict().keys()
 
-    monkeypatch.setattr(lobes.mamba, "_mamba_ssm_scan", lambda: fake_selective_scan_fn)
+    monkeypatch.setattr(lobes.mixers.mamba, "_mamba_ssm_scan", lambda: fake_selective_scan_fn)
     monkeypatch.setattr(
-        lobes.mamba.MambaBlock, "_use_cuda_kernel",
+        lobes.mixers.mamba.MambaBlock, "_use_cuda_kernel",
         lambda self, x: self.backend in ("auto", "cuda"),
     )
     gpu_encoder = ConformerEncoder("mamba", **args).eval()

@@ -6,11 +6,11 @@ import pytest
 import torch
 from speechbrain.nnet.hypermixing import HyperMixing as SBHyperMixing
 
-from lobes.conformer import MIXERS, build_mixer
-from lobes.fastformer import Fastformer
-from lobes.hypermixing import HyperMixing
-from lobes.mamba import BiMamba, MambaBlock, selective_scan, selective_scan_ref
-from lobes.summarymixing import SummaryMixing
+from lobes.mixers import MIXERS, build_mixer
+from lobes.mixers.fastformer import Fastformer
+from lobes.mixers.hypermixing import HyperMixing
+from lobes.mixers.mamba import BiMamba, MambaBlock, selective_scan, selective_scan_ref
+from lobes.mixers.summarymixing import SummaryMixing
 
 D = 16
 SMALL_KWARGS = {
@@ -151,7 +151,7 @@ def test_mamba_block_with_vectorised_scan_equals_the_reference_scan(monkeypatch)
     block = MambaBlock(D, d_state=4, chunk_size=8).eval()
     x = torch.randn(2, 21, D)
     fast = block(x)
-    import lobes.mamba as mamba
+    import lobes.mixers.mamba as mamba
 
     monkeypatch.setattr(mamba, "selective_scan", lambda u, d, A, B, C, Dk, c: selective_scan_ref(u, d, A, B, C, Dk))
     torch.testing.assert_close(block(x), fast, atol=1e-5, rtol=1e-5)

@@ -26,7 +26,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from lobes.brain import BestRQBrain, dataio_prepare
+from lobes.pretraining import BestRQBrain, dataio_prepare
 from lobes.export import export_encoder
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from lobes.mhsa import zero_padded
+from lobes.mixers.common import masked_mean, zero_padded
 
 MODES = ("SummaryMixing", "SummaryMixing-lite")
 
@@ -39,39 +39,6 @@ def _mlp(in_dim, hidden_dims, out_dim, activation, dropout):
         layers += [nn.Linear(dim, hid), activation(), nn.Dropout(dropout)]
         dim = hid
     return nn.Sequential(*layers)
-
-
-def masked_mean(x, pad_mask=None):
-    """Mean over time of the valid frames of ``x`` (B, T, D) -> (B, 1, D).
-
-    Accumulated in float32 (a sum over thousands of fp16 frames could
-    overflow) and returned in the dtype of ``x``. An utterance without any
-    valid frame gives zeros.
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        (B, T, D) frames.
-    pad_mask : torch.Tensor, optional
-        (B, T) bool, True on padded frames.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, 1, D) means.
-
-    Example
-    -------
-    >>> x = torch.tensor([[[1.0], [3.0], [100.0]]])
-    >>> masked_mean(x, torch.tensor([[False, False, True]]))
-    tensor([[[2.]]])
-    """
-    xf = x.float()
-    if pad_mask is None:
-        return xf.mean(dim=1, keepdim=True).to(x.dtype)
-    valid = (~pad_mask).unsqueeze(-1).float()
-    total = (xf * valid).sum(dim=1, keepdim=True)
-    return (total / valid.sum(dim=1, keepdim=True).clamp(min=1)).to(x.dtype)
 
 
 class SummaryMixing(nn.Module):

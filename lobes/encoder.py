@@ -26,7 +26,6 @@ Authors
 """
 
 import functools
-import importlib
 import math
 
 import torch
@@ -38,83 +37,8 @@ from speechbrain.nnet.activations import Swish
 from speechbrain.nnet.attention import PositionalwiseFeedForward
 from torch import nn
 
-from lobes.mhsa import zero_padded
-from lobes.positional import sinusoidal_positions
-
-# name -> (module, class, fixed keyword arguments, positional encoding)
-MIXERS = {
-    "mhsa": ("lobes.mhsa", "RelPosMHSA", {}, "relative"),
-    "mhsa_sdpa": ("lobes.mhsa", "SDPAMHSA", {}, "absolute"),
-    "hypermixing": ("lobes.hypermixing", "HyperMixing", {}, "none"),
-    "fastformer": ("lobes.fastformer", "Fastformer", {}, "absolute"),
-    "summarymixing": (
-        "lobes.summarymixing",
-        "SummaryMixing",
-        {"mode": "SummaryMixing"},
-        "absolute",
-    ),
-    "summarymixing_lite": (
-        "lobes.summarymixing",
-        "SummaryMixing",
-        {"mode": "SummaryMixing-lite"},
-        "absolute",
-    ),
-    "mamba": ("lobes.mamba", "BiMamba", {}, "absolute"),
-}
-POSITIONAL_ENCODINGS = ("relative", "absolute", "none")
-
-
-def check_mixer_name(name):
-    """Raises a ``ValueError`` naming the valid mixers if ``name`` is unknown.
-
-    Example
-    -------
-    >>> check_mixer_name("fastformer")
-    >>> check_mixer_name("fast-former")
-    Traceback (most recent call last):
-    ...
-    ValueError: Unknown token mixer 'fast-former'. Valid names (set `mixer:` in the encoder YAML): fastformer, hypermixing, mamba, mhsa, mhsa_sdpa, summarymixing, summarymixing_lite
-    """
-    if name not in MIXERS:
-        raise ValueError(
-            f"Unknown token mixer {name!r}. Valid names (set `mixer:` in the "
-            f"encoder YAML): {', '.join(sorted(MIXERS))}"
-        )
-
-
-def build_mixer(name, d_model, nhead, dropout=0.0, **kwargs):
-    """Instantiates the token mixer registered under ``name``.
-
-    Arguments
-    ---------
-    name : str
-        A key of ``MIXERS``.
-    d_model : int
-        Feature size.
-    nhead : int
-        Number of heads (ignored by the mixers that have none).
-    dropout : float
-        Dropout inside the mixer.
-    **kwargs : dict
-        Mixer-specific arguments (e.g. ``local_proj_hid_dim`` for
-        SummaryMixing, ``hypernet_size`` for HyperMixing).
-
-    Returns
-    -------
-    torch.nn.Module
-        A module with ``forward(x, pad_mask=None, pos_emb=None)``.
-
-    Example
-    -------
-    >>> mixer = build_mixer("fastformer", 16, 4)
-    >>> mixer(torch.rand(2, 5, 16)).shape
-    torch.Size([2, 5, 16])
-    """
-    check_mixer_name(name)
-    module, cls, fixed, _ = MIXERS[name]
-    mixer_cls = getattr(importlib.import_module(module), cls)
-    return mixer_cls(d_model, nhead=nhead, dropout=dropout, **fixed, **kwargs)
-
+from lobes.mixers import MIXERS, POSITIONAL_ENCODINGS, build_mixer, check_mixer_name
+from lobes.mixers.common import sinusoidal_positions, zero_padded
 
 class ConvFrontEnd(nn.Module):
     """SpeechBrain's 2-block convolutional front-end, made padding-safe.
@@ -407,7 +331,7 @@ class ConformerEncoder(nn.Module):
         super().__init__()
         check_mixer_name(mixer)
         if positional_encoding == "auto":
-            positional_encoding = MIXERS[mixer][3]
+            positional_encoding = MIXERS[mixer].positional_encoding
         if positional_encoding not in POSITIONAL_ENCODINGS:
             raise ValueError(
                 f"positional_encoding={positional_encoding!r}: use 'auto' or "

@@ -23,8 +23,7 @@ import torch
 from speechbrain.nnet.hypermixing import HyperNetwork
 from torch import nn
 
-from lobes.mhsa import zero_padded
-from lobes.positional import sinusoidal_positions
+from lobes.mixers.common import sinusoidal_positions, zero_padded
 
 
 class HyperMixing(nn.Module):

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lobes.mhsa import zero_padded
+from lobes.mixers.common import zero_padded
 
 BACKENDS = ("auto", "torch", "cuda")
 

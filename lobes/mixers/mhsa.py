@@ -24,31 +24,7 @@ import torch.nn.functional as F
 from speechbrain.nnet.attention import RelPosEncXL, RelPosMHAXL
 from torch import nn
 
-
-def zero_padded(x, pad_mask):
-    """Returns ``x`` with the frames flagged in ``pad_mask`` set to zero.
-
-    Arguments
-    ---------
-    x : torch.Tensor
-        (B, T, D) frames.
-    pad_mask : torch.Tensor or None
-        (B, T) bool, True on padded frames. ``None`` returns ``x`` unchanged.
-
-    Returns
-    -------
-    torch.Tensor
-        (B, T, D), zero where ``pad_mask`` is True.
-
-    Example
-    -------
-    >>> x = torch.ones(1, 3, 2)
-    >>> zero_padded(x, torch.tensor([[False, False, True]]))[0, :, 0]
-    tensor([1., 1., 0.])
-    """
-    if pad_mask is None:
-        return x
-    return x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+from lobes.mixers.common import zero_padded
 
 
 class RelPosMHSA(nn.Module):
@@ -76,8 +52,6 @@ class RelPosMHSA(nn.Module):
     >>> mixer(x, pos_emb=pos).shape
     torch.Size([2, 10, 16])
     """
-
-    positional_encoding = "relative"
 
     def __init__(self, d_model, nhead=8, dropout=0.0):
         super().__init__()
@@ -121,8 +95,6 @@ class SDPAMHSA(nn.Module):
     >>> mixer(torch.rand(2, 10, 16)).shape
     torch.Size([2, 10, 16])
     """
-
-    positional_encoding = "absolute"
 
     def __init__(self, d_model, nhead=8, dropout=0.0):
         super().__init__()

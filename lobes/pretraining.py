@@ -21,19 +21,12 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
-import random
 import time
 
-import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.dataio.sampler import DynamicBatchSampler
-from speechbrain.utils.checkpoints import (
-    mark_as_loader,
-    mark_as_saver,
-    register_checkpoint_hooks,
-)
 from speechbrain.utils.logger import get_logger
 
 from lobes.bestrq import (
@@ -43,66 +36,15 @@ from lobes.bestrq import (
     stack_frames,
 )
 from lobes.dataio import load_audio
+from lobes.training import CPUDistributedMixin, EpochSeededBatchesMixin
 
 logger = get_logger(__name__)
-
-
-class EpochSeededBatchesMixin:
-    """Makes a ``batch_sampler`` (e.g. ``DynamicBatchSampler``) reshuffle by
-    seed and epoch, also in single-process runs.
-
-    SpeechBrain's ``Brain.make_dataloader`` only registers a batch sampler as
-    ``train_sampler`` under DDP, so without DDP its ``set_epoch`` is never
-    called: the batch order then depends on how many epochs this *process*
-    has iterated, not on the epoch number, and a resumed run trains on
-    batches in another order than an uninterrupted one would.
-
-    Each loader also gets its own ``torch.Generator`` (unless one is given):
-    a PyTorch ``DataLoader`` otherwise draws its workers' base seed from the
-    *global* RNG whenever an iterator is created. After an intra-epoch
-    recovery the iterator is created after the RNG state was restored, so the
-    masks and noise of every following step would be shifted by that draw.
-    """
-
-    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """SpeechBrain's dataloader, with the train batch sampler registered
-        and a private generator for the workers' seeds."""
-        if loader_kwargs.get("generator") is None:
-            seed = getattr(self.hparams, "seed", 0)
-            loader_kwargs["generator"] = torch.Generator().manual_seed(seed)
-        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
-        sampler = loader_kwargs.get("batch_sampler")
-        if stage == sb.Stage.TRAIN and self.train_sampler is None and hasattr(sampler, "set_epoch"):
-            self.train_sampler = sampler
-        return loader
-
-
-class CPUDistributedMixin:
-    """DDP on CPU (gloo) for a ``Brain`` whose modules hold BatchNorm.
-
-    SpeechBrain 1.1.2 converts every BatchNorm of a trainable module to
-    ``SyncBatchNorm`` before wrapping it in DDP, and ``SyncBatchNorm`` refuses
-    CPU modules: an ECAPA or X-vector probe cannot start under ``torchrun``
-    on CPU. On CPU this wraps the modules in DDP as SpeechBrain does, minus
-    the conversion (each rank normalises with its own batch statistics, as
-    BatchNorm does without DDP); on GPU SpeechBrain's own code runs.
-    """
-
-    def _wrap_distributed(self):
-        if not self.distributed_launch or str(self.device).startswith("cuda"):
-            return super()._wrap_distributed()
-        for name, module in self.modules.items():
-            if any(p.requires_grad for p in module.parameters()):
-                self.modules[name] = torch.nn.parallel.DistributedDataParallel(
-                    module, device_ids=None,
-                    find_unused_parameters=self.find_unused_parameters,
-                )
 
 
 class BestRQBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
     """BEST-RQ masked prediction of random-projection codes.
 
-    Expects ``modules`` with ``encoder`` (``lobes.conformer.ConformerEncoder``),
+    Expects ``modules`` with ``encoder`` (``lobes.encoder.ConformerEncoder``),
     ``head`` (Linear d_model -> codebook size), ``quantizer``
     (``lobes.bestrq.RandomProjectionQuantizer``) and ``normalize``
     (``speechbrain.processing.features.InputNormalization``), and hparams
@@ -222,55 +164,6 @@ class BestRQBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
                 min_keys=["loss"],
                 num_to_keep=self.hparams.checkpoints_to_keep,
             )
-
-
-@register_checkpoint_hooks
-class RandomState:
-    """Checkpointable random number generator states (torch, numpy, random).
-
-    BEST-RQ draws masks and noise at every step: with this recoverable in the
-    ``Checkpointer``, a resumed run draws the same ones as an uninterrupted
-    run would, so resuming gives the same model.
-
-    Example
-    -------
-    >>> import tempfile, os
-    >>> state = RandomState()
-    >>> path = os.path.join(tempfile.mkdtemp(), "rng.ckpt")
-    >>> state.save(path)
-    >>> a = torch.rand(1)
-    >>> state.load(path)
-    >>> bool(torch.rand(1) == a)
-    True
-    """
-
-    @mark_as_saver
-    def save(self, path):
-        """Saves the current states to ``path``."""
-        torch.save(
-            {
-                "torch": torch.get_rng_state(),
-                "cuda": (
-                    torch.cuda.get_rng_state_all()
-                    if torch.cuda.is_available()
-                    else []
-                ),
-                "numpy": np.random.get_state(),
-                "random": random.getstate(),
-            },
-            path,
-        )
-
-    @mark_as_loader
-    def load(self, path, end_of_epoch=False):
-        """Restores the states saved at ``path``."""
-        del end_of_epoch
-        state = torch.load(path, weights_only=False)
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        np.random.set_state(state["numpy"])
-        random.setstate(state["random"])
 
 
 def dataio_prepare(hparams):

@@ -33,47 +33,7 @@ import math
 import torch
 from torch import nn
 
-from lobes.mhsa import zero_padded
-
-
-def masked_softmax_pool(scores, values, pad_mask=None):
-    """Pools ``values`` over time with the softmax over time of ``scores``.
-
-    The softmax is computed in float32 (safe under fp16/bf16 autocast).
-    Padded frames are filled with the most negative float32 before the softmax
-    and their weight is then set to exactly zero, so an utterance made only of
-    padding pools to zeros instead of NaN.
-
-    Arguments
-    ---------
-    scores : torch.Tensor
-        (B, T, H) one score per frame and head.
-    values : torch.Tensor
-        (B, T, H, d) the vectors to pool.
-    pad_mask : torch.Tensor, optional
-        (B, T) bool, True on padded frames (weight 0).
-
-    Returns
-    -------
-    torch.Tensor
-        (B, 1, H, d) pooled vectors.
-
-    Example
-    -------
-    >>> scores = torch.zeros(1, 3, 1)
-    >>> values = torch.tensor([[[[1.0]], [[3.0]], [[50.0]]]])
-    >>> masked_softmax_pool(scores, values, torch.tensor([[False, False, True]]))
-    tensor([[[[2.]]]])
-    """
-    scores = scores.float()
-    if pad_mask is not None:
-        padded = pad_mask.unsqueeze(-1)
-        scores = scores.masked_fill(padded, torch.finfo(torch.float32).min)
-        weights = torch.softmax(scores, dim=1).masked_fill(padded, 0.0)
-    else:
-        weights = torch.softmax(scores, dim=1)
-    weights = weights.to(values.dtype)
-    return torch.einsum("bth,bthd->bhd", weights, values).unsqueeze(1)
+from lobes.mixers.common import masked_softmax_pool, zero_padded
 
 
 class Fastformer(nn.Module):
