@@ -67,7 +67,7 @@ def load_script(path, name=None):
     return module
 
 
-PRETRAIN_RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ"
+PRETRAIN_RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear"
 PROBE_LAYERS = 2  # layers of the demo encoders the probe tests load
 
 

@@ -6,10 +6,12 @@ import os
 import re
 
 import pytest
-from conftest import PROBE_LAYERS, REPO, load_script, run_recipe
+from conftest import PROBE_LAYERS, REPO, run_recipe
 from demo_overrides import demo_encoder_override
 
-RECIPE = REPO / "recipes/LibriSpeech/ASR"
+from lobes.librispeech_prepare import prepare_librispeech
+
+RECIPE = REPO / "recipes/LibriSpeech/ASR/MP3S"
 MIXERS = ["mhsa", "hypermixing", "fastformer", "summarymixing", "mamba"]
 TINY_PROBES = {
     "bilstm_ctc": ["--lstm_hidden=32"],
@@ -22,10 +24,6 @@ TINY_PROBES = {
     ],
 }
 TEST_SETS = ["test-clean", "test-other"]
-
-
-def _prepare_module():
-    return load_script(RECIPE / "librispeech_prepare.py", "asr_librispeech_prepare")
 
 
 def probe_args(hparams, mixer, pretrained, data, out, epochs=1):
@@ -45,11 +43,8 @@ def probe_args(hparams, mixer, pretrained, data, out, epochs=1):
     ]
 
 
-def test_prepare_link_and_demo_layout(demo_data, tmp_path):
-    link = RECIPE / "librispeech_prepare.py"
-    assert link.is_symlink() and os.readlink(link) == "../librispeech_prepare.py"
-    prep = _prepare_module()
-    prep.prepare_librispeech(
+def test_prepare_demo_layout(demo_data, tmp_path):
+    prepare_librispeech(
         demo_data / "LibriSpeech", tmp_path, tr_splits=["train-clean-100"],
         dev_splits=["dev-clean"], te_splits=TEST_SETS,
         merge_lst=["train-clean-100"], merge_name="train.csv",
@@ -64,9 +59,8 @@ def test_prepare_link_and_demo_layout(demo_data, tmp_path):
 
 
 def test_prepare_missing_folder(tmp_path):
-    prep = _prepare_module()
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        prep.prepare_librispeech(tmp_path / "nowhere", tmp_path, tr_splits=["train-clean-100"])
+        prepare_librispeech(tmp_path / "nowhere", tmp_path, tr_splits=["train-clean-100"])
 
 
 def test_bilstm_ctc_end_to_end(demo_data, pretrained_demo, tmp_path):

@@ -16,14 +16,14 @@ import pytest
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
-for folder in ("tools", "recipes/LibriSpeech", "recipes/LibriLight/self-supervised-learning/BEST-RQ"):
+for folder in ("tools", "recipes/LibriLight/self-supervised-learning/BEST-RQ-linear"):
     if str(REPO / folder) not in sys.path:
         sys.path.insert(0, str(REPO / folder))
 
 import demo_corpus  # noqa: E402
 from demo_corpus import SAMPLE_RATE, make_demo_corpus  # noqa: E402
 from librilight_prepare import prepare_librilight, segment_boundaries  # noqa: E402
-from librispeech_prepare import prepare_librispeech  # noqa: E402
+from lobes.librispeech_prepare import prepare_librispeech  # noqa: E402
 
 LS_SPLITS = ["train-clean-100", "dev-clean", "test-clean", "test-other"]
 
@@ -396,7 +396,7 @@ def test_librilight_pretraining_recipe_runs(demo_data, tmp_path):
     from conftest import run_recipe
     from demo_overrides import demo_overrides
 
-    recipe = REPO / "recipes/LibriLight/self-supervised-learning/BEST-RQ"
+    recipe = REPO / "recipes/LibriLight/self-supervised-learning/BEST-RQ-linear"
     out = tmp_path / "ll"
     run_recipe(recipe, [
         "hparams/bestrq_summarymixing.yaml",

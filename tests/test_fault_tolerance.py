@@ -14,7 +14,7 @@ from lobes.pretraining import BestRQBrain
 from lobes.checkpoint import AtomicCheckpointer
 from lobes.dataio import AudioReadError, load_audio
 
-RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ"
+RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear"
 
 
 @register_checkpoint_hooks

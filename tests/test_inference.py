@@ -204,7 +204,7 @@ def test_export_from_recipe_yaml_with_overrides(tmp_path):
     the encoder; the exported YAML carries the actual sizes."""
     args = tiny_args("summarymixing")
     ckpt = make_checkpoint(tmp_path / "CKPT+x", ConformerEncoder("summarymixing", **args))
-    recipe_yaml = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ/hparams/bestrq_summarymixing.yaml"
+    recipe_yaml = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear/hparams/bestrq_summarymixing.yaml"
     folder = export_encoder(ckpt, recipe_yaml, tmp_path / "model", {"encoder_hparams": args})
     exported = encoder_definition(read_hparams(folder / "hyperparams.yaml"))
     assert {k: exported[k] for k in args} == args

@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, run_recipe
 from demo_overrides import demo_overrides
 
-RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ"
+RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear"
 MIXERS = ["mhsa", "hypermixing", "fastformer", "summarymixing", "mamba"]
 
 

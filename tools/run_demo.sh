@@ -15,7 +15,7 @@ PROBES=${PROBES:-1}
 
 "$PY" "$ROOT/tools/demo_corpus.py" --out "$ROOT/demo_data" --tasks librispeech
 mapfile -t OVERRIDES < <("$PY" "$ROOT/tools/demo_overrides.py" "$MIXER" --epochs "$EPOCHS")
-cd "$ROOT/recipes/LibriSpeech/self-supervised-learning/BEST-RQ"
+cd "$ROOT/recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear"
 "$PY" train.py "hparams/bestrq_$MIXER.yaml" \
     --data_folder="$ROOT/demo_data/LibriSpeech" \
     --output_folder="$OUT" \

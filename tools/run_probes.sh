@@ -23,7 +23,7 @@ SIZE=$("$PY" "$ROOT/tools/demo_overrides.py" "$MIXER" | sed -n 1p)  # the demo e
 COMMON=(--mixer="$MIXER" "$SIZE" --pretrained_path="$PRETRAINED/save")
 
 echo "== LibriSpeech ASR (BiLSTM + CTC)"
-cd "$ROOT/recipes/LibriSpeech/ASR"
+cd "$ROOT/recipes/LibriSpeech/ASR/MP3S"
 "$PY" train.py hparams/bilstm_ctc.yaml "${COMMON[@]}" \
     --data_folder="$ROOT/demo_data/LibriSpeech" \
     --output_folder="$RESULTS/demo_asr_bilstm_$MIXER" \

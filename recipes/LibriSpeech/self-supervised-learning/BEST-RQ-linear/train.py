@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""Recipe for BEST-RQ pretraining with a linear-complexity token mixer on
-LibriLight (the users' scale-up of the LibriSpeech recipe: 60k h of long
-audiobook files, segmented by their voice activity into <= 30 s chunks).
-Validation uses LibriSpeech dev-clean.
+"""Recipe for BEST-RQ pretraining of a Conformer with a linear-complexity
+token mixer (HyperMixing, Fastformer, SummaryMixing, bidirectional Mamba) or
+MHSA, on LibriSpeech 960 h, as in "An Analysis of Linear Complexity Attention
+Substitutes with BEST-RQ" (Whetten et al., SLT 2024).
 
 To run this recipe:
 
-    python train.py hparams/bestrq_summarymixing.yaml \
-        --data_folder /path/to/librilight --valid_data_folder /path/to/LibriSpeech
+    python train.py hparams/bestrq_summarymixing.yaml --data_folder /path/to/LibriSpeech
 
-Multi-GPU (DDP): ``torchrun --nproc_per_node=8 train.py ...``. A killed run
-resumes from its last checkpoint when started again with the same command.
+Multi-GPU (DDP):
+
+    torchrun --nproc_per_node=8 train.py hparams/bestrq_summarymixing.yaml \
+        --data_folder /path/to/LibriSpeech --precision=bf16
+
+A killed run resumes from its last checkpoint when started again with the
+same command.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -38,26 +42,18 @@ if __name__ == "__main__":
         overrides=overrides,
     )
 
-    from librilight_prepare import prepare_librilight  # noqa: E402
-    from librispeech_prepare import prepare_librispeech  # noqa: E402
+    from lobes.librispeech_prepare import prepare_librispeech
 
-    run_on_main(
-        prepare_librilight,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["output_folder"],
-            "splits": hparams["train_splits"],
-            "max_segment_duration": hparams["max_segment_duration"],
-            "min_segment_duration": hparams["avoid_if_shorter_than"],
-            "skip_prep": hparams["skip_prep"],
-        },
-    )
     run_on_main(
         prepare_librispeech,
         kwargs={
-            "data_folder": hparams["valid_data_folder"],
+            "data_folder": hparams["data_folder"],
             "save_folder": hparams["output_folder"],
+            "tr_splits": hparams["train_splits"],
             "dev_splits": hparams["dev_splits"],
+            "te_splits": [],
+            "merge_lst": hparams["train_splits"],
+            "merge_name": "train.csv",
             "skip_prep": hparams["skip_prep"],
         },
     )

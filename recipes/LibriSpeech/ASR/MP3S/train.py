@@ -251,7 +251,7 @@ if __name__ == "__main__":
         overrides=overrides,
     )
 
-    from librispeech_prepare import prepare_librispeech  # noqa: E402
+    from lobes.librispeech_prepare import prepare_librispeech
 
     run_on_main(
         prepare_librispeech,

@@ -1,1 +1,0 @@
-../../../LibriSpeech/librispeech_prepare.py

@@ -1,1 +1,0 @@
-../../librispeech_prepare.py
