@@ -1,28 +1,37 @@
-"""Every token mixer: reference equality, padding invariance, linear memory."""
+"""Every token mixer: its paper's equations (or SpeechBrain's module), padding
+never reaching real frames, linear memory, parameter counts.
+
+For each mixer: finite gradients everywhere; garbage in the padding changes
+nothing on real frames; an utterance made only of padding gives no NaN;
+bf16 autocast runs. The linear mixers never produce a T x T tensor, forward
+or backward. The references below are written from the papers' equations
+(and the BEST-RQ study's layouts), frame by frame, with loops.
+"""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import ALL_MIXERS, LINEAR_MIXERS, small_mixer
+from speechbrain.lobes.models.transformer.Transformer import PositionalEncoding
+from speechbrain.nnet.activations import Swish
 from speechbrain.nnet.hypermixing import HyperMixing as SBHyperMixing
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from lobes.mixers import MIXERS, build_mixer
+import lobes.mixers.mamba as mamba
+from lobes.mixers.common import sinusoidal_positions
 from lobes.mixers.fastformer import Fastformer
 from lobes.mixers.hypermixing import HyperMixing
 from lobes.mixers.mamba import BiMamba, MambaBlock, selective_scan, selective_scan_ref
 from lobes.mixers.summarymixing import SummaryMixing
 
 D = 16
-SMALL_KWARGS = {
-    "summarymixing": {"local_proj_hid_dim": [24], "summary_hid_dim": [24]},
-    "summarymixing_lite": {"summary_hid_dim": [24]},
-    "hypermixing": {"hypernet_size": 32},
-    "mamba": {"d_state": 4},
-}
 
 
-def make(name):
-    return build_mixer(name, D, 4, **SMALL_KWARGS.get(name, {})).eval()
+def pad_mask_of(lengths, T):
+    """(B, T) bool, True on padded frames."""
+    return torch.arange(T)[None, :] >= torch.tensor(lengths)[:, None]
 
 
 def call(mixer, x, pad_mask=None):
@@ -30,113 +39,296 @@ def call(mixer, x, pad_mask=None):
     return mixer(x, pad_mask, pos)
 
 
-@pytest.mark.parametrize("name", sorted(MIXERS))
-def test_padding_never_changes_real_frames(name):
-    mixer = make(name)
+# --------------------------------------------------------------------------
+# Every mixer: padding, gradients, precision.
+
+
+@pytest.mark.parametrize("name", ALL_MIXERS)
+def test_padding_garbage_never_changes_real_frames(name):
+    mixer = small_mixer(name).eval()
     alone = torch.randn(1, 11, D)
-    batch = torch.randn(2, 19, D) * 100  # garbage in the padding
+    batch = torch.randn(3, 19, D) * 1e3  # large garbage in the padding
     batch[0, :11] = alone[0]
-    pad = torch.arange(19)[None, :] >= torch.tensor([[11], [19]])
+    pad = pad_mask_of([11, 19, 15], 19)
     with torch.no_grad():
         ref = call(mixer, alone)
         out = call(mixer, batch, pad)
+        no_mask = call(mixer, batch[1:2])
     torch.testing.assert_close(out[0, :11], ref[0], atol=1e-5, rtol=1e-4)
-    assert out[0, 11:].abs().max() == 0
+    torch.testing.assert_close(out[1], no_mask[0], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(MIXERS))
+@pytest.mark.parametrize("name", ALL_MIXERS)
 def test_forward_backward_gives_finite_gradients(name):
-    mixer = make(name).train()
+    mixer = small_mixer(name, dropout=0.1).train()
     x = torch.randn(3, 13, D, requires_grad=True)
-    pad = torch.arange(13)[None, :] >= torch.tensor([[13], [9], [4]])
-    call(mixer, x, pad).sum().backward()
+    pad = pad_mask_of([13, 9, 4], 13)
+    out = call(mixer, x, pad)
+    (out * (~pad).unsqueeze(-1)).sum().backward()  # real frames only
     for pname, p in mixer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
     assert torch.isfinite(x.grad).all()
+    assert x.grad[pad].abs().max() == 0  # padded inputs cannot matter
 
 
-@pytest.mark.parametrize("name", ["hypermixing", "fastformer", "summarymixing", "mamba"])
-def test_linear_mixers_never_allocate_a_time_by_time_tensor(name):
-    """At T=6000 a (T, T) float matrix is 144 MB: no allocation may reach it."""
-    mixer = make(name)
-    x = torch.randn(1, 6000, D)
+@pytest.mark.parametrize("name", ALL_MIXERS)
+def test_an_utterance_made_only_of_padding_gives_no_nan(name):
+    mixer = small_mixer(name).train()
+    x = torch.randn(2, 6, D, requires_grad=True)
+    out = call(mixer, x, pad_mask_of([6, 0], 6))
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in mixer.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", ALL_MIXERS)
+def test_runs_under_bf16_autocast(name):
+    mixer = small_mixer(name).eval()
+    x = torch.randn(2, 30, D)
+    pad = pad_mask_of([30, 17], 30)
+    with torch.no_grad():
+        ref = call(mixer, x, pad)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = call(mixer, x, pad)
+    assert out.shape == (2, 30, D) and torch.isfinite(out).all()
+    real = ~pad
+    assert (out.float() - ref)[real].abs().max() < 0.25  # bf16 has ~3 digits
+
+
+# --------------------------------------------------------------------------
+# Linear memory: no T x T tensor, ever.
+
+LONG_T = 20_000  # a (1, T, T) float32 tensor would take 1.6 GB
+
+
+def biggest_allocation(module, *args):
+    """Largest memory any single op allocates in ``module(*args)``."""
     with torch.no_grad(), torch.profiler.profile(profile_memory=True) as prof:
-        call(mixer, x)
-    biggest = max(e.cpu_memory_usage for e in prof.events())
-    assert biggest < 6000 * 6000 * 4 / 4, f"{name}: an allocation of {biggest / 1e6:.0f} MB"
+        module(*args)
+    return max(e.cpu_memory_usage for e in prof.events())
 
 
-def test_hypermixing_equals_speechbrain_hypermixing_without_its_quadratic_output():
-    ours = HyperMixing(D, nhead=4, hypernet_size=32).eval()
-    ref = SBHyperMixing(D, 32, num_heads=4).eval()
-    missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=False)
-    assert not unexpected and all("positional" in k for k in missing)
-    x = torch.randn(2, 12, D)
-    pad = torch.arange(12)[None, :] >= torch.tensor([[12], [7]])
-    out, weights = ref(x, x, x, key_padding_mask=pad)
-    assert weights.shape == (2, 12, 12)  # what SpeechBrain allocates
-    ours_out = ours(x, pad)
-    torch.testing.assert_close(ours_out[0], out[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(ours_out[1, :7], out[1, :7], atol=1e-5, rtol=1e-4)
+@pytest.mark.parametrize("name", LINEAR_MIXERS)
+def test_no_allocation_above_100_mb_at_20000_frames(name):
+    mixer = small_mixer(name, d_model=8, nhead=2).eval()
+    x = torch.randn(1, LONG_T, 8)
+    biggest = biggest_allocation(mixer, x, torch.zeros(1, LONG_T, dtype=torch.bool))
+    assert biggest < 100e6, f"{name}: one allocation of {biggest / 1e6:.0f} MB"
 
 
-def test_fastformer_equals_the_papers_equations():
-    mixer = Fastformer(D, nhead=4).eval()
-    x = torch.randn(2, 9, D)
-    lengths = [9, 5]
-    pad = torch.arange(9)[None, :] >= torch.tensor(lengths)[:, None]
-    out = mixer(x, pad)
-    H, dh = 4, D // 4
-    Wqk, bqk = mixer.qk.weight, mixer.qk.bias
-    for b, n in enumerate(lengths):
-        rows = []
-        for i in range(n):
-            row = []
-            for h in range(H):
-                q = [x[b, j] @ Wqk[h * dh:(h + 1) * dh].t() + bqk[h * dh:(h + 1) * dh] for j in range(n)]
-                k = [x[b, j] @ Wqk[D + h * dh:D + (h + 1) * dh].t() + bqk[D + h * dh:D + (h + 1) * dh] for j in range(n)]
-                a = torch.softmax(torch.stack([mixer.w_q[h] @ qj for qj in q]) / math.sqrt(dh), 0)
-                qg = sum(a[j] * q[j] for j in range(n))
-                p = [qg * kj for kj in k]
-                be = torch.softmax(torch.stack([mixer.w_k[h] @ pj for pj in p]) / math.sqrt(dh), 0)
-                kg = sum(be[j] * p[j] for j in range(n))
-                row.append(kg * q[i])
-            u = torch.cat(row)
-            q_i = x[b, i] @ Wqk[:D].t() + bqk[:D]
-            rows.append(mixer.out_proj(u) + q_i)
-        torch.testing.assert_close(out[b, :n], torch.stack(rows), atol=1e-5, rtol=1e-4)
+def test_the_allocation_check_catches_speechbrains_quadratic_hypermixing():
+    """Positive control: SpeechBrain's module allocates zeros(B, T, T)."""
+    T = 6000  # 144 MB for the dummy attention weights
+    sb = SBHyperMixing(8, 16, num_heads=2, max_length=T).eval()
+    x = torch.randn(1, T, 8)
+    assert biggest_allocation(sb, x, x, x) >= T * T * 4
 
 
+class ShapeRecorder(TorchDispatchMode):
+    """Records the shape of every tensor produced by an aten op."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.shapes.append((str(func), tuple(t.shape)))
+        return out
+
+
+def time_by_time(shapes, T):
+    return [(f, s) for f, s in shapes if sum(dim == T for dim in s) >= 2]
+
+
+@pytest.mark.parametrize("name", LINEAR_MIXERS)
+def test_no_op_produces_a_time_by_time_tensor_forward_or_backward(name):
+    T = 97  # prime, distinct from every other size here
+    mixer = small_mixer(name).train()
+    x = torch.randn(2, T, D, requires_grad=True)
+    pad = pad_mask_of([T, 60], T)
+    with ShapeRecorder() as rec:
+        mixer(x, pad).square().sum().backward()
+    assert len(rec.shapes) > 10  # the recorder saw the forward and backward
+    assert not time_by_time(rec.shapes, T), time_by_time(rec.shapes, T)[:3]
+    sb = SBHyperMixing(D, 32, num_heads=4)  # positive control
+    with ShapeRecorder() as rec:
+        sb(x, x, x)
+    assert time_by_time(rec.shapes, T)
+
+
+# --------------------------------------------------------------------------
+# SummaryMixing (Parcollet et al. 2024; the BEST-RQ study's layout)
+
+
+def linear(layer, v):
+    """A dense layer applied by hand to a vector (nn.Linear or a
+    HeadedLinear with its blocks)."""
+    if isinstance(layer, torch.nn.Linear):
+        return layer.weight @ v + layer.bias
+    if hasattr(layer, "linear"):
+        return linear(layer.linear, v)
+    return v @ torch.block_diag(*layer.weight) + layer.bias
+
+
+def mlp_ref(seq, v, act):
+    """Each dense layer of ``seq`` followed by ``act``, by hand."""
+    for layer in list(seq)[::2]:
+        v = act(linear(layer, v))
+    return v
+
+
+def layer_norm_ref(norm, v):
+    return (v - v.mean()) / torch.sqrt(v.var(unbiased=False) + norm.eps) * norm.weight + norm.bias
+
+
+@pytest.mark.parametrize("nhead", [1, 2])
 @pytest.mark.parametrize("mode", ["SummaryMixing", "SummaryMixing-lite"])
-def test_summarymixing_equals_the_papers_equations(mode):
-    mixer = SummaryMixing(D, local_proj_hid_dim=[24], summary_hid_dim=[24], mode=mode).eval()
+def test_summarymixing_equals_the_papers_equations(mode, nhead):
+    """f_t = LN(f(x_t)), s = LN(mean_valid s(x_t)), y_t = act(W [f_t; s] + b)."""
+    mixer = SummaryMixing(
+        D, nhead=nhead, local_proj_hid_dim=[24], local_proj_out_dim=12,
+        summary_hid_dim=[20], mode=mode,
+    ).eval()
+    with torch.no_grad():  # non-trivial biases and norms (they start at 0 / 1)
+        for name, p in mixer.named_parameters():
+            if p.dim() == 1:
+                p.normal_()
     x = torch.randn(2, 8, D)
     lengths = [8, 3]
-    pad = torch.arange(8)[None, :] >= torch.tensor(lengths)[:, None]
-    out = mixer(x, pad)
-    gelu = torch.nn.functional.gelu
-    for b, n in enumerate(lengths):
-        s = torch.stack([mixer.summary(x[b, t]) for t in range(n)]).mean(0)
-        for t in range(n):
-            if mode == "SummaryMixing":
-                hid = mixer.local(x[b, t])
-                f = gelu(hid @ mixer.local_heads[0] + mixer.local_bias)
-                expected = mixer.combiner(torch.cat([f, s]))
-            else:
-                expected = mixer.combiner(s)
-            torch.testing.assert_close(out[b, t], expected, atol=1e-5, rtol=1e-4)
+    act = Swish()
+    with torch.no_grad():
+        out = mixer(x, pad_mask_of(lengths, 8))
+        for b, n in enumerate(lengths):
+            total = torch.zeros(D)
+            for t in range(n):  # the mean over the n valid frames only
+                total = total + mlp_ref(mixer.summary, x[b, t], act)
+            s = total / n
+            for t in range(n):
+                if mode == "SummaryMixing":
+                    f = layer_norm_ref(mixer.local_norm, mlp_ref(mixer.local, x[b, t], act))
+                    s_n = layer_norm_ref(mixer.summary_norm, s)
+                    expected = act(linear(mixer.combiner[0], torch.cat([f, s_n])))
+                else:
+                    expected = s
+                torch.testing.assert_close(out[b, t], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_summarymixing_rejects_an_unknown_mode():
-    with pytest.raises(ValueError, match="SummaryMixing-lite"):
+def test_summarymixing_at_the_papers_width_has_the_authors_layout():
+    """D -> 512 -> 512 (+LN), D -> 1024 -> D (+LN), Linear(512 + D -> D)."""
+    with torch.device("meta"):
+        sm = SummaryMixing(536)
+    shapes = {k: tuple(v.shape) for k, v in sm.state_dict().items()}
+    assert shapes == {
+        "summary.0.linear.weight": (1024, 536), "summary.0.linear.bias": (1024,),
+        "summary.2.linear.weight": (536, 1024), "summary.2.linear.bias": (536,),
+        "local.0.linear.weight": (512, 536), "local.0.linear.bias": (512,),
+        "local.2.linear.weight": (512, 512), "local.2.linear.bias": (512,),
+        "local_norm.weight": (512,), "local_norm.bias": (512,),
+        "summary_norm.weight": (536,), "summary_norm.bias": (536,),
+        "combiner.0.weight": (536, 1048), "combiner.0.bias": (536,),
+    }
+    assert all((b == 0).all() for k, b in SummaryMixing(24, local_proj_hid_dim=[8], local_proj_out_dim=8,
+               summary_hid_dim=[8]).state_dict().items() if k.endswith("bias"))
+
+
+def test_summarymixing_rejects_an_unknown_mode_naming_the_valid_ones():
+    with pytest.raises(ValueError) as err:
         SummaryMixing(D, mode="lite")
+    assert "'SummaryMixing'" in str(err.value) and "'SummaryMixing-lite'" in str(err.value)
+
+
+# --------------------------------------------------------------------------
+# Fastformer (Wu et al. 2021; scores from the whole vector, as its code)
+
+
+def fastformer_ref(mixer, x, n):
+    """The equations of lobes/mixers/fastformer.py for one utterance of n
+    valid frames, by loops over heads and frames."""
+    H, dh = mixer.nhead, mixer.d_head
+    q_all = [linear(mixer.query_proj, x[i]) for i in range(n)]
+    k_all = [linear(mixer.key_proj, x[i]) for i in range(n)]
+    v_all = q_all if mixer.value_proj is None else [linear(mixer.value_proj, x[i]) for i in range(n)]
+    wq, bq = mixer.query_attn.weight, mixer.query_attn.bias
+    wk, bk = mixer.key_attn.weight, mixer.key_attn.bias
+    q_g = torch.zeros(D)
+    for h in range(H):
+        sl = slice(h * dh, (h + 1) * dh)
+        e = [math.exp(float(wq[h] @ q_all[i] + bq[h]) / math.sqrt(dh)) for i in range(n)]
+        q_g[sl] = sum(e[i] / sum(e) * q_all[i][sl] for i in range(n))
+    p = [q_g * k_all[i] for i in range(n)]
+    k_g = torch.zeros(D)
+    for h in range(H):
+        sl = slice(h * dh, (h + 1) * dh)
+        e = [math.exp(float(wk[h] @ p[i] + bk[h]) / math.sqrt(dh)) for i in range(n)]
+        k_g[sl] = sum(e[i] / sum(e) * p[i][sl] for i in range(n))
+    return torch.stack([linear(mixer.out_proj, k_g * v_all[i]) + q_all[i] for i in range(n)])
+
+
+@pytest.mark.parametrize("share_query_value", [True, False])
+def test_fastformer_equals_a_loop_over_utterances_and_heads(share_query_value):
+    mixer = Fastformer(D, nhead=4, share_query_value=share_query_value).eval()
+    with torch.no_grad():  # larger weights than its N(0, 0.02) init, non-zero biases
+        for p in mixer.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(2, 9, D)
+    lengths = [9, 5]
+    with torch.no_grad():
+        out = mixer(x, pad_mask_of(lengths, 9))
+        for b, n in enumerate(lengths):
+            torch.testing.assert_close(out[b, :n], fastformer_ref(mixer, x[b], n), atol=1e-4, rtol=1e-4)
+
+
+def test_fastformer_parameters_at_the_papers_width():
+    with torch.device("meta"):
+        ff, separate = Fastformer(616, nhead=8), Fastformer(616, 8, share_query_value=False)
+    d, H = 616, 8
+    n = sum(p.numel() for p in ff.parameters())
+    assert n == 3 * (d * d + d) + 2 * (d * H + H)  # query, key, out; two scorers
+    assert sum(p.numel() for p in separate.parameters()) - n == d * d + d
+
+
+# --------------------------------------------------------------------------
+# HyperMixing (SpeechBrain's module, without its T x T output)
+
+
+def test_sinusoidal_positions_equal_speechbrains_table_without_its_length_limit():
+    sb = PositionalEncoding(D, max_len=3000)(torch.zeros(1, 2999, D))
+    torch.testing.assert_close(sinusoidal_positions(2999, D), sb, atol=0, rtol=0)
+    torch.testing.assert_close(sinusoidal_positions(5000, D)[:, :2999], sb, atol=0, rtol=0)
+    odd = sinusoidal_positions(4, 5)
+    assert odd.shape == (1, 4, 5) and (odd[0, 0] == torch.tensor([0.0, 1, 0, 1, 0])).all()
+
+
+@pytest.mark.parametrize("tied,fix_tm_hidden_size", [(False, False), (True, False), (False, True)])
+def test_hypermixing_equals_speechbrains_hypermixing_with_the_same_weights(tied, fix_tm_hidden_size):
+    ours = HyperMixing(D, nhead=4, hypernet_size=32, tied=tied, fix_tm_hidden_size=fix_tm_hidden_size).eval()
+    with torch.no_grad():  # a non-trivial output LayerNorm
+        ours.layer_norm.weight.normal_()
+        ours.layer_norm.bias.normal_()
+    ref = SBHyperMixing(D, 32, tied=tied, num_heads=4, fix_tm_hidden_size=fix_tm_hidden_size).eval()
+    missing, unexpected = ref.load_state_dict(ours.state_dict(), strict=False)
+    assert missing == ["positional_encoding.pe"] and unexpected == []
+    x = torch.randn(3, 12, D)
+    pad = pad_mask_of([12, 7, 1], 12)
+    with torch.no_grad():
+        sb_out, sb_weights = ref(x, x, x, key_padding_mask=pad)
+        out = ours(x, pad)
+    assert sb_weights.shape == (3, 12, 12)  # the quadratic tensor ours drops
+    torch.testing.assert_close(out, sb_out, atol=1e-5, rtol=1e-5)  # padded rows too
+
+
+# --------------------------------------------------------------------------
+# Mamba (Gu and Dao 2023) in mamba_ssm's Block, both directions
 
 
 @pytest.mark.parametrize("length,chunk", [(1, 4), (13, 4), (50, 8), (70, 64)])
 def test_mamba_scan_equals_the_sequential_reference(length, chunk):
     g = torch.Generator().manual_seed(length)
     u = torch.randn(2, 6, length, generator=g)
-    delta = torch.nn.functional.softplus(torch.randn(2, 6, length, generator=g) - 2)
+    delta = F.softplus(torch.randn(2, 6, length, generator=g) - 2)
     A = -torch.exp(torch.log(torch.arange(1, 9.0)).repeat(6, 1))
     B, C = torch.randn(2, 8, length, generator=g), torch.randn(2, 8, length, generator=g)
     Dskip = torch.randn(6, generator=g)
@@ -151,19 +343,46 @@ def test_mamba_block_with_vectorised_scan_equals_the_reference_scan(monkeypatch)
     block = MambaBlock(D, d_state=4, chunk_size=8).eval()
     x = torch.randn(2, 21, D)
     fast = block(x)
-    import lobes.mixers.mamba as mamba
-
     monkeypatch.setattr(mamba, "selective_scan", lambda u, d, A, B, C, Dk, c: selective_scan_ref(u, d, A, B, C, Dk))
     torch.testing.assert_close(block(x), fast, atol=1e-5, rtol=1e-5)
 
 
+def rms_norm_ref(norm, v):
+    return v / torch.sqrt(v.pow(2).mean() + norm.eps) * norm.weight
+
+
+@pytest.mark.parametrize("padding_isolation", [True, False])
+def test_bimamba_is_a_prenorm_residual_block_of_both_directions(padding_isolation):
+    """y = x + Mamba_f(n) + rev(Mamba_b(rev(n))), n = RMSNorm(x) frame by frame;
+    rev reverses within each utterance (isolation) or the whole padded batch
+    (the authors' flip)."""
+    mixer = BiMamba(D, d_state=4, padding_isolation=padding_isolation).eval()
+    with torch.no_grad():
+        mixer.norm.weight.normal_()
+    x = torch.randn(2, 9, D)
+    lengths = [9, 6]
+    pad = pad_mask_of(lengths, 9)
+    with torch.no_grad():
+        out = mixer(x, pad)
+        for b, n in enumerate(lengths):
+            T = n if padding_isolation else 9
+            h = torch.stack([rms_norm_ref(mixer.norm, x[b, t]) for t in range(T)])[None]
+            expected = x[b, :T] + mixer.fwd(h)[0] + mixer.bwd(h.flip(1)).flip(1)[0]
+            torch.testing.assert_close(out[b, :n], expected[:n], atol=1e-5, rtol=1e-5)
+    if not padding_isolation:  # the authors' flip: padding reaches real frames
+        x2 = x.clone()
+        x2[1, 6:] = 100.0
+        with torch.no_grad():
+            assert (mixer(x2, pad)[1, :6] - out[1, :6]).abs().max() > 1e-3
+
+
 def test_mamba_state_dict_is_mamba_ssm_compatible_and_cuda_backend_is_explained():
-    keys = set(MambaBlock(D).state_dict())
-    assert keys == {
+    keys = {
         "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight",
         "dt_proj.weight", "dt_proj.bias", "A_log", "D", "out_proj.weight",
     }
-    assert set(BiMamba(D).state_dict()) == {f"{d}.{k}" for d in ("fwd", "bwd") for k in keys}
+    assert set(MambaBlock(D).state_dict()) == keys
+    assert set(BiMamba(D).state_dict()) == {"norm.weight"} | {f"{d}.{k}" for d in ("fwd", "bwd") for k in keys}
     try:
         import mamba_ssm  # noqa: F401
     except ImportError:

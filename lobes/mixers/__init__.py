@@ -10,7 +10,9 @@ The interface every mixer implements::
 * ``pos_emb``: the relative positional embedding of the sequence, for the
   mixers that use one (``mhsa``), else ignored;
 * ``y``: (B, T, D); frames flagged in ``pad_mask`` never change the outputs
-  on real frames (tested for every mixer), and come out as zeros.
+  on real frames (tested for every mixer). What padded frames output is left
+  as the computation gives it (SpeechBrain's modules do the same); the
+  encoder zeroes it when it isolates padding.
 
 ``MIXERS`` maps each name to its class, the positional encoding the encoder
 adds for it (``relative``: the Transformer-XL embedding passed as
@@ -21,6 +23,7 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
+import inspect
 from dataclasses import dataclass, field
 
 from lobes.mixers.fastformer import Fastformer
@@ -84,7 +87,7 @@ def check_mixer_name(name):
         )
 
 
-def build_mixer(name, d_model, nhead, dropout=0.0, **kwargs):
+def build_mixer(name, d_model, nhead, **kwargs):
     """Instantiates the token mixer registered under ``name``.
 
     Arguments
@@ -95,11 +98,12 @@ def build_mixer(name, d_model, nhead, dropout=0.0, **kwargs):
         Feature size.
     nhead : int
         Number of heads (ignored by the mixers that have none).
-    dropout : float
-        Dropout inside the mixer.
     **kwargs : dict
         Mixer-specific arguments (e.g. ``local_proj_hid_dim`` for
-        SummaryMixing, ``hypernet_size`` for HyperMixing).
+        SummaryMixing, ``hypernet_size`` for HyperMixing). The encoder's
+        ``dropout``, ``activation`` and ``padding_isolation`` are among them;
+        each reaches only the mixers whose constructor takes it (SpeechBrain's
+        HyperMixing, for one, has no dropout).
 
     Returns
     -------
@@ -109,12 +113,14 @@ def build_mixer(name, d_model, nhead, dropout=0.0, **kwargs):
     Example
     -------
     >>> import torch
-    >>> mixer = build_mixer("fastformer", 16, 4)
+    >>> mixer = build_mixer("fastformer", 16, 4, dropout=0.1)
     >>> mixer(torch.rand(2, 5, 16)).shape
     torch.Size([2, 5, 16])
     """
     check_mixer_name(name)
     spec = MIXERS[name]
-    return spec.cls(
-        d_model, nhead=nhead, dropout=dropout, **spec.fixed_kwargs, **kwargs
-    )
+    params = inspect.signature(spec.cls).parameters
+    for shared in ("dropout", "activation", "padding_isolation"):
+        if shared in kwargs and shared not in params:
+            kwargs.pop(shared)
+    return spec.cls(d_model, nhead=nhead, **spec.fixed_kwargs, **kwargs)

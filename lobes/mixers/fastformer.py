@@ -1,24 +1,24 @@
 """Fastformer: additive attention, a linear-complexity token mixer.
 
 Written from Wu, Wu, Qi, Huang and Xie, "Fastformer: Additive Attention Can
-Be All You Need" (arXiv 2108.09084, 2021). Per head h, with d_h = D / H and
-q_i, k_i, v_i the head-h slices of the projected frame i:
+Be All You Need" (arXiv 2108.09084, 2021), as the BEST-RQ study ran it. With
+q_i = W_q x_i, k_i = W_k x_i (D-dim), d_h = D / H and, for head h, the h-th
+d_h-slice written [.]_h:
 
-    alpha_i = softmax_i(w_q . q_i / sqrt(d_h))        over valid frames i
-    q_g     = sum_i alpha_i q_i                       global query
-    p_i     = q_g * k_i                               element-wise
-    beta_i  = softmax_i(w_k . p_i / sqrt(d_h))        over valid frames i
-    k_g     = sum_i beta_i p_i                        global key
-    u_i     = k_g * v_i
-    r_i     = W_r u_i + q_i                           output (query residual)
+    alpha_ih = softmax_i((w_qh . q_i + b_qh) / sqrt(d_h))    over valid frames i
+    [q_g]_h  = sum_i alpha_ih [q_i]_h                        global query
+    p_i      = q_g * k_i                                     element-wise
+    beta_ih  = softmax_i((w_kh . p_i + b_kh) / sqrt(d_h))    over valid frames i
+    [k_g]_h  = sum_i beta_ih [p_i]_h                         global key
+    u_i      = k_g * v_i
+    r_i      = W_r u_i + q_i                                 output (query residual)
 
-The heads of u are concatenated before W_r. Fastformer shares the query and
-value transformations (the paper's query-value parameter sharing, see its
-"Influence of Parameter Sharing" study; also the authors' released code and
-the BEST-RQ study this repository reproduces, whose 616 width assumes it), so
-by default the values are the queries (v_i = q_i): three D x D projections
-(query, key, output). ``share_query_value=False`` adds a separate value
-projection (four D x D projections).
+Each head's score reads the whole D-dim vector (a ``Linear(D, H)`` per
+pooling, as in the paper's released code), while it pools its own slice.
+Fastformer shares the query and value transformations (the paper's
+query-value parameter sharing, also what the BEST-RQ study ran: its 616 width
+assumes it), so by default v_i = q_i; ``share_query_value=False`` adds a
+separate value projection. Dropout applies to the two pooled vectors.
 
 Every step is a per-frame operation or a softmax pooling over time: time and
 memory are linear in T (no T x T tensor). Padded frames get exactly zero
@@ -33,7 +33,7 @@ import math
 import torch
 from torch import nn
 
-from lobes.mixers.common import masked_softmax_pool, zero_padded
+from lobes.mixers.common import masked_softmax_pool
 
 
 class Fastformer(nn.Module):
@@ -51,10 +51,10 @@ class Fastformer(nn.Module):
     nhead : int
         Number of heads H.
     dropout : float
-        Dropout on the projected output W_r u_i (before the query residual).
+        Dropout on the pooled global query and global key.
     share_query_value : bool
         If True (default, the paper's parameter sharing), the values are the
-        queries. If False, a separate ``v_proj`` linear layer gives the values.
+        queries. If False, a separate ``value_proj`` gives the values.
 
     Example
     -------
@@ -64,7 +64,7 @@ class Fastformer(nn.Module):
     >>> y = mixer(x, pad_mask)
     >>> y.shape
     torch.Size([2, 9, 16])
-    >>> bool((y[1, 6:] == 0).all())
+    >>> torch.allclose(y[1, :6], mixer(x[1:, :6])[0], atol=1e-6)
     True
     """
 
@@ -74,19 +74,22 @@ class Fastformer(nn.Module):
             raise ValueError(
                 f"Fastformer: d_model={d_model} is not divisible by nhead={nhead}"
             )
-        self.d_model = d_model
         self.nhead = nhead
         self.d_head = d_model // nhead
-        # Query and key projections, fused: rows [:D] give q, rows [D:] give k.
-        self.qk = nn.Linear(d_model, 2 * d_model)
-        self.v_proj = None if share_query_value else nn.Linear(d_model, d_model)
-        # One scoring vector per head for the query and the key poolings.
-        self.w_q = nn.Parameter(torch.empty(nhead, self.d_head))
-        self.w_k = nn.Parameter(torch.empty(nhead, self.d_head))
-        nn.init.normal_(self.w_q, std=self.d_head**-0.5)
-        nn.init.normal_(self.w_k, std=self.d_head**-0.5)
+        self.query_proj = nn.Linear(d_model, d_model)
+        self.query_attn = nn.Linear(d_model, nhead)
+        self.key_proj = nn.Linear(d_model, d_model)
+        self.key_attn = nn.Linear(d_model, nhead)
+        self.value_proj = (
+            None if share_query_value else nn.Linear(d_model, d_model)
+        )
         self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
+        # The paper's code: weights N(0, 0.02), biases zero.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x, pad_mask=None, pos_emb=None):
         """Mixes the frames of each utterance.
@@ -98,23 +101,24 @@ class Fastformer(nn.Module):
         pad_mask : torch.Tensor, optional
             (B, T) bool, True on padded frames.
         pos_emb : torch.Tensor, optional
-            Ignored (interface compatibility).
+            Ignored (mixer interface).
 
         Returns
         -------
         torch.Tensor
-            (B, T, D), zero on padded frames.
+            (B, T, D); padded frames do not reach real ones.
         """
         B, T, D = x.shape
         H, dh = self.nhead, self.d_head
-        q, k = self.qk(x).view(B, T, 2, H, dh).unbind(2)  # (B, T, H, dh)
-        v = q if self.v_proj is None else self.v_proj(x).view(B, T, H, dh)
         scale = 1.0 / math.sqrt(dh)
-        alpha = torch.einsum("bthd,hd->bth", q, self.w_q) * scale
-        global_q = masked_softmax_pool(alpha, q, pad_mask)  # (B, 1, H, dh)
-        p = global_q * k
-        beta = torch.einsum("bthd,hd->bth", p, self.w_k) * scale
-        global_k = masked_softmax_pool(beta, p, pad_mask)  # (B, 1, H, dh)
-        u = (global_k * v).reshape(B, T, D)
-        out = self.dropout(self.out_proj(u)) + q.reshape(B, T, D)
-        return zero_padded(out, pad_mask)
+        q = self.query_proj(x)
+        global_q = masked_softmax_pool(
+            self.query_attn(q) * scale, q.view(B, T, H, dh), pad_mask
+        )  # (B, 1, H, dh)
+        p = self.dropout(global_q).reshape(B, 1, D) * self.key_proj(x)
+        global_k = masked_softmax_pool(
+            self.key_attn(p) * scale, p.view(B, T, H, dh), pad_mask
+        )
+        v = q if self.value_proj is None else self.value_proj(x)
+        u = self.dropout(global_k).reshape(B, 1, D) * v
+        return self.out_proj(u) + q

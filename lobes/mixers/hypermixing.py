@@ -23,7 +23,7 @@ import torch
 from speechbrain.nnet.hypermixing import HyperNetwork
 from torch import nn
 
-from lobes.mixers.common import sinusoidal_positions, zero_padded
+from lobes.mixers.common import sinusoidal_positions
 
 
 class HyperMixing(nn.Module):
@@ -44,8 +44,6 @@ class HyperMixing(nn.Module):
         Input and output size D (divisible by ``nhead``).
     nhead : int
         Number of parallel token-mixing MLPs H.
-    dropout : float
-        Dropout on the output.
     hypernet_size : int
         Hidden size k of the token-mixing MLP (split over heads unless
         ``fix_tm_hidden_size``).
@@ -66,7 +64,6 @@ class HyperMixing(nn.Module):
         self,
         d_model,
         nhead=8,
-        dropout=0.0,
         hypernet_size=2048,
         tied=False,
         fix_tm_hidden_size=False,
@@ -87,7 +84,6 @@ class HyperMixing(nn.Module):
         )
         self.activation = nn.GELU()
         self.layer_norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, pad_mask=None, pos_emb=None):
         """Mixes the frames of each utterance.
@@ -106,7 +102,8 @@ class HyperMixing(nn.Module):
         Returns
         -------
         torch.Tensor
-            (B, T, D), zero on padded frames.
+            (B, T, D); padded frames do not reach real ones (on padded
+            frames: the LayerNorm of zeros, as SpeechBrain's module).
         """
         B, T, D = x.shape
         H = self.nhead
@@ -123,4 +120,4 @@ class HyperMixing(nn.Module):
         hidden = self.activation(torch.bmm(out, W1.reshape(B * H, T, -1)))
         out = torch.bmm(hidden, W2.reshape(B * H, T, -1).transpose(1, 2))
         out = self.layer_norm(out.reshape(B, D, T).transpose(1, 2))
-        return zero_padded(self.dropout(out), pad_mask)
+        return out

@@ -272,7 +272,20 @@ def reverse_within_lengths(x, lengths):
 
 
 class BiMamba(nn.Module):
-    """Bidirectional Mamba token mixer: forward block + backward block.
+    """Bidirectional Mamba token mixer, as ``mamba_ssm``'s ``Block``.
+
+    ``y = x + Mamba_fwd(n) + rev(Mamba_bwd(rev(n)))`` with ``n = RMSNorm(x)``:
+    one pre-norm residual block (``mamba_ssm.modules.block.Block`` with an
+    RMSNorm, eps 1e-5) whose mixer sums a forward Mamba and one run on the
+    time-reversed sequence, the layout of the BEST-RQ study's Mamba runs
+    (their ``MambaBlock``/``MambaWrapper`` with ``bidirectional_strategy="add"``).
+
+    ``rev`` reverses each utterance within its own length
+    (``padding_isolation=True``, default), so padding stays at the end and,
+    every Mamba being causal, never reaches a real frame. With
+    ``padding_isolation=False`` it flips the whole padded batch as the authors'
+    code did: the backward scan of every utterance but the longest then
+    starts in the padding.
 
     Arguments
     ---------
@@ -280,14 +293,16 @@ class BiMamba(nn.Module):
         Input and output size D.
     nhead : int, optional
         Ignored (mixer interface).
-    dropout : float
-        Dropout on the output.
     d_state, d_conv, expand : int
         Mamba block sizes.
     backend : str
         "auto", "torch" or "cuda" (see ``MambaBlock``).
     chunk_size : int
         Chunk of the PyTorch scan.
+    norm_eps : float
+        Epsilon of the RMSNorm.
+    padding_isolation : bool
+        See above.
 
     Example
     -------
@@ -295,7 +310,7 @@ class BiMamba(nn.Module):
     >>> x = torch.rand(2, 7, 16)
     >>> pad = torch.tensor([[False] * 7, [False] * 5 + [True] * 2])
     >>> y = mixer(x, pad)
-    >>> y.shape, bool(y[1, 5:].abs().sum() == 0)
+    >>> y.shape, torch.allclose(y[1, :5], mixer(x[1:, :5])[0], atol=1e-5)
     (torch.Size([2, 7, 16]), True)
     """
 
@@ -303,30 +318,33 @@ class BiMamba(nn.Module):
         self,
         d_model,
         nhead=None,
-        dropout=0.0,
         d_state=16,
         d_conv=4,
         expand=2,
         backend="auto",
         chunk_size=64,
+        norm_eps=1e-5,
+        padding_isolation=True,
     ):
         super().__init__()
         kw = dict(
             d_state=d_state, d_conv=d_conv, expand=expand,
             backend=backend, chunk_size=chunk_size,
         )
+        self.padding_isolation = padding_isolation
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
         self.fwd = MambaBlock(d_model, **kw)
         self.bwd = MambaBlock(d_model, **kw)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, pad_mask=None, pos_emb=None):
         """Mixes (B, T, D) frames; ``pad_mask`` (B, T) is True on padding."""
-        x = zero_padded(x, pad_mask)
-        if pad_mask is None:
-            lengths = torch.full((x.shape[0],), x.shape[1], device=x.device)
+        h = self.norm(x.to(self.norm.weight.dtype)).to(x.dtype)
+        if pad_mask is None or not self.padding_isolation:
+            backward = self.bwd(h.flip(1)).flip(1)
         else:
             lengths = (~pad_mask).sum(dim=1)
-        backward = reverse_within_lengths(
-            self.bwd(reverse_within_lengths(x, lengths)), lengths
-        )
-        return zero_padded(self.dropout(self.fwd(x) + backward), pad_mask)
+            h = zero_padded(h, pad_mask)
+            backward = reverse_within_lengths(
+                self.bwd(reverse_within_lengths(h, lengths)), lengths
+            )
+        return x + self.fwd(h) + backward

@@ -12,8 +12,8 @@ Two baselines the linear mixers are compared with:
 
 Both follow the project's mixer interface: ``forward(x, pad_mask, pos_emb)``
 with ``x`` of shape (B, T, D), ``pad_mask`` a bool (B, T) tensor that is True
-on padded frames, and an output of shape (B, T, D) that is zero on padded
-frames.
+on padded frames, and an output of shape (B, T, D) whose real frames padding never
+reaches.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from speechbrain.nnet.attention import RelPosEncXL, RelPosMHAXL
 from torch import nn
 
-from lobes.mixers.common import zero_padded
 
 
 class RelPosMHSA(nn.Module):
@@ -74,7 +73,7 @@ class RelPosMHSA(nn.Module):
             key_padding_mask=pad_mask,
             return_attn_weights=False,
         )
-        return zero_padded(out, pad_mask)
+        return out
 
 
 class SDPAMHSA(nn.Module):
@@ -126,5 +125,4 @@ class SDPAMHSA(nn.Module):
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        out = self.out_proj(out.transpose(1, 2).reshape(B, T, D))
-        return zero_padded(out, pad_mask)
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))

@@ -2,28 +2,33 @@
 
 Written from Parcollet, van Dalen, Zhang and Bhattacharya, "SummaryMixing: A
 Linear-Complexity Alternative to Self-Attention for Speech Recognition and
-Understanding" (Interspeech 2024, arXiv 2307.07421). For each frame t of an
+Understanding" (Interspeech 2024, arXiv 2307.07421), in the configuration the
+BEST-RQ study ran (Whetten et al., SLT 2024). For each frame t of an
 utterance with valid frames 1..T:
 
-    f_t  = f(x_t)                          local branch, a per-frame MLP
-    s    = 1/T sum_{t valid} s(x_t)        summary branch, a per-frame MLP
-                                           averaged over the valid frames
-    y_t  = c([f_t ; s])                    combiner, a per-frame dense layer
-                                           (+ activation) on the concatenation
+    f_t = LN_f( f(x_t) )                        local branch: a per-frame MLP,
+                                                then LayerNorm
+    s   = LN_s( 1/T sum_{t valid} s(x_t) )      summary branch: a per-frame
+                                                MLP, averaged over the valid
+                                                frames, then LayerNorm
+    y_t = act( W [f_t ; s] + b )                combiner on the concatenation
+
+Every layer of f and s is a dense layer followed by the activation (also the
+last one). In the BEST-RQ study f maps D -> 512 -> 512, s maps
+D -> 1024 -> D and the activation is the Conformer's (Swish).
 
 Time and memory are linear in T: the only interaction between frames is the
 mean over the utterance's *valid* frames (padding never enters it). In the
-"SummaryMixing-lite" mode there is no local branch, ``y_t = c(s)`` for every
-valid frame (the Conformer's convolution module then supplies the local
-context).
+"SummaryMixing-lite" mode there is no local branch and no combiner: every
+valid frame gets the (un-normalised) summary mean ``1/T sum s(x_t)`` (the
+Conformer's convolution module then supplies the local context).
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
-import math
-
 import torch
+from speechbrain.nnet.activations import Swish
 from torch import nn
 
 from lobes.mixers.common import masked_mean, zero_padded
@@ -31,13 +36,68 @@ from lobes.mixers.common import masked_mean, zero_padded
 MODES = ("SummaryMixing", "SummaryMixing-lite")
 
 
-def _mlp(in_dim, hidden_dims, out_dim, activation, dropout):
-    """Linear layers of sizes ``hidden_dims + [out_dim]``, each followed by
-    ``activation`` and dropout (also the last one)."""
+class HeadedLinear(nn.Module):
+    """A dense layer split into ``nhead`` independent blocks.
+
+    Input and output are cut into ``nhead`` equal slices and slice h of the
+    output depends only on slice h of the input (block-diagonal weights).
+    ``nhead=1`` is an ordinary ``nn.Linear`` (weights under ``linear.``).
+
+    Arguments
+    ---------
+    in_features, out_features : int
+        Sizes, both divisible by ``nhead``.
+    nhead : int
+        Number of blocks.
+
+    Example
+    -------
+    >>> layer = HeadedLinear(8, 6, nhead=2)
+    >>> x = torch.rand(3, 8)
+    >>> y = layer(x)
+    >>> y.shape
+    torch.Size([3, 6])
+    >>> x2 = x.clone(); x2[:, 4:] = 0  # the second input slice ...
+    >>> torch.equal(layer(x2)[:, :3], y[:, :3])  # ... never reaches the first output slice
+    True
+    """
+
+    def __init__(self, in_features, out_features, nhead=1):
+        super().__init__()
+        for size, what in ((in_features, "input"), (out_features, "output")):
+            if size % nhead != 0:
+                raise ValueError(
+                    f"SummaryMixing: the {what} size {size} of a layer is not "
+                    f"divisible by nhead={nhead}"
+                )
+        self.nhead = nhead
+        if nhead == 1:
+            self.linear = nn.Linear(in_features, out_features)
+            return
+        # nn.Linear's initialisation, per block (fan-in = block input size).
+        bound = (nhead / in_features) ** 0.5
+        self.weight = nn.Parameter(
+            torch.empty(nhead, in_features // nhead, out_features // nhead)
+        )
+        self.bias = nn.Parameter(torch.empty(out_features))
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):
+        """Maps (..., in_features) to (..., out_features)."""
+        if self.nhead == 1:
+            return self.linear(x)
+        heads = x.unflatten(-1, (self.nhead, -1))
+        out = torch.einsum("...hi,hio->...ho", heads, self.weight)
+        return out.flatten(-2) + self.bias
+
+
+def _mlp(in_dim, sizes, activation, nhead):
+    """Dense layers of ``sizes``, each followed by ``activation``."""
     layers, dim = [], in_dim
-    for hid in list(hidden_dims) + [out_dim]:
-        layers += [nn.Linear(dim, hid), activation(), nn.Dropout(dropout)]
-        dim = hid
+    for size in sizes:
+        layers += [HeadedLinear(dim, size, nhead), activation()]
+        dim = size
     return nn.Sequential(*layers)
 
 
@@ -52,35 +112,30 @@ class SummaryMixing(nn.Module):
     d_model : int
         Input and output size D.
     nhead : int
-        Heads of the local branch: the last layer of the local branch is split
-        into ``nhead`` independent blocks (block-diagonal weights), head h
-        mapping the h-th slice of the last hidden layer to the h-th slice of
-        the local output. ``nhead=1`` (the paper's BEST-RQ setting) is an
-        ordinary dense layer. The summary branch and the combiner have no
-        heads; ``nhead`` is unused in the lite mode.
-    dropout : float
-        Dropout after every layer of the branches and the combiner.
+        Heads of the two branches: each of their layers is split into
+        ``nhead`` independent blocks (``HeadedLinear``). ``nhead=1`` (the
+        BEST-RQ setting) gives ordinary dense layers. The combiner has no
+        heads.
     local_proj_hid_dim : list of int
-        Hidden sizes of the local branch f (each layer followed by
-        ``activation``).
-    local_proj_out_dim : int, optional
-        Output size of the local branch (default D).
+        Hidden sizes of the local branch f.
+    local_proj_out_dim : int
+        Output size of the local branch (512 in the BEST-RQ study).
     summary_hid_dim : list of int
-        Hidden sizes of the summary branch s.
-    summary_out_dim : int, optional
-        Output size of the summary branch (default D).
+        Hidden sizes of the summary branch s (its output size is D).
     activation : type
-        Activation class applied after every linear layer (default GELU).
+        Activation class after every dense layer (default Swish, the
+        Conformer's).
     mode : str
         ``"SummaryMixing"`` or ``"SummaryMixing-lite"`` (no local branch).
 
     Example
     -------
-    >>> mixer = SummaryMixing(16, local_proj_hid_dim=[32], summary_hid_dim=[32])
+    >>> mixer = SummaryMixing(16, local_proj_hid_dim=[32], local_proj_out_dim=8,
+    ...                       summary_hid_dim=[32])
     >>> x = torch.rand(2, 7, 16)
     >>> pad = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])
     >>> y = mixer(x, pad)
-    >>> y.shape, bool(y[1, 4:].abs().sum() == 0)
+    >>> y.shape, torch.allclose(y[1, :4], mixer(x[1:, :4])[0], atol=1e-6)
     (torch.Size([2, 7, 16]), True)
     >>> lite = SummaryMixing(16, summary_hid_dim=[32], mode="SummaryMixing-lite")
     >>> lite(x, pad).shape
@@ -91,12 +146,10 @@ class SummaryMixing(nn.Module):
         self,
         d_model,
         nhead=1,
-        dropout=0.0,
-        local_proj_hid_dim=(1024,),
-        local_proj_out_dim=None,
+        local_proj_hid_dim=(512,),
+        local_proj_out_dim=512,
         summary_hid_dim=(1024,),
-        summary_out_dim=None,
-        activation=nn.GELU,
+        activation=Swish,
         mode="SummaryMixing",
     ):
         super().__init__()
@@ -106,52 +159,25 @@ class SummaryMixing(nn.Module):
                 f"{' and '.join(repr(m) for m in MODES)}"
             )
         self.mode = mode
-        self.nhead = nhead
-        summary_out = summary_out_dim or d_model
         self.summary = _mlp(
-            d_model, summary_hid_dim, summary_out, activation, dropout
+            d_model, list(summary_hid_dim) + [d_model], activation, nhead
         )
         if mode == "SummaryMixing":
-            local_out = local_proj_out_dim or d_model
-            local_hid = list(local_proj_hid_dim)
-            # All local layers but the last (ordinary dense layers) ...
-            self.local = (
-                _mlp(d_model, local_hid[:-1], local_hid[-1], activation, dropout)
-                if local_hid
-                else nn.Identity()
+            self.local = _mlp(
+                d_model,
+                list(local_proj_hid_dim) + [local_proj_out_dim],
+                activation,
+                nhead,
             )
-            local_in = local_hid[-1] if local_hid else d_model
-            for size, what in ((local_in, "input"), (local_out, "output")):
-                if size % nhead != 0:
-                    raise ValueError(
-                        f"SummaryMixing: the {what} size {size} of the last "
-                        f"local layer is not divisible by nhead={nhead}"
-                    )
-            # ... then the last one, one block per head (block-diagonal).
-            self.local_heads = nn.Parameter(
-                torch.empty(nhead, local_in // nhead, local_out // nhead)
+            self.local_norm = nn.LayerNorm(local_proj_out_dim)
+            self.summary_norm = nn.LayerNorm(d_model)
+            self.combiner = nn.Sequential(
+                nn.Linear(local_proj_out_dim + d_model, d_model), activation()
             )
-            self.local_bias = nn.Parameter(torch.empty(local_out))
-            # nn.Linear's initialisation, per head (fan-in = block input size).
-            bound = 1.0 / math.sqrt(local_in // nhead)
-            nn.init.uniform_(self.local_heads, -bound, bound)
-            nn.init.uniform_(self.local_bias, -bound, bound)
-            self.local_act = activation()
-            self.local_drop = nn.Dropout(dropout)
-            combiner_in = local_out + summary_out
-        else:
-            combiner_in = summary_out
-        self.combiner = nn.Sequential(
-            nn.Linear(combiner_in, d_model), activation(), nn.Dropout(dropout)
-        )
-
-    def local_branch(self, x):
-        """The local transform f, frame by frame: (..., D) -> (..., D_f)."""
-        hidden = self.local(x)
-        heads = hidden.unflatten(-1, (self.nhead, -1))
-        out = torch.einsum("...hi,hio->...ho", heads, self.local_heads)
-        out = out.flatten(-2) + self.local_bias
-        return self.local_drop(self.local_act(out))
+        # As in the SummaryMixing authors' code, every bias starts at zero.
+        for name, param in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(param)
 
     def forward(self, x, pad_mask=None, pos_emb=None):
         """Mixes the frames of each utterance.
@@ -163,20 +189,19 @@ class SummaryMixing(nn.Module):
         pad_mask : torch.Tensor, optional
             (B, T) bool, True on padded frames.
         pos_emb : torch.Tensor, optional
-            Ignored (interface compatibility).
+            Ignored (mixer interface).
 
         Returns
         -------
         torch.Tensor
-            (B, T, D), zero on padded frames.
+            (B, T, D); padded frames do not reach real ones.
         """
         T = x.shape[1]
-        summary = masked_mean(self.summary(x), pad_mask)  # (B, 1, D_s)
+        summary = masked_mean(self.summary(x), pad_mask)  # (B, 1, D)
         if self.mode == "SummaryMixing-lite":
-            out = self.combiner(summary).expand(-1, T, -1)
-        else:
-            local = self.local_branch(x)  # (B, T, D_f)
-            out = self.combiner(
-                torch.cat([local, summary.expand(-1, T, -1)], dim=-1)
-            )
-        return zero_padded(out, pad_mask)
+            return summary.expand(-1, T, -1)
+        # Padded frames enter the local LayerNorm as zeros (as in the
+        # authors' code; it only matters for what padded frames output).
+        local = self.local_norm(zero_padded(self.local(x), pad_mask))
+        summary = self.summary_norm(summary).expand(-1, T, -1)
+        return self.combiner(torch.cat([local, summary], dim=-1))
