@@ -9,46 +9,88 @@ The encoder turns 80-dim fbank frames (10 ms) into 40 ms hidden states:
              x + 1/2 FFN(x) -> x + Mixer(LN(x)) -> x + Conv(x) -> LN(x + 1/2 FFN(x))
       -> LayerNorm
 
-The token-mixer slot takes any of ``MIXERS``: ``mhsa`` (relative-position
-MHSA, the paper's baseline), ``mhsa_sdpa`` (fused scaled-dot-product
-attention), ``hypermixing``, ``fastformer``, ``summarymixing``,
-``summarymixing_lite`` and ``mamba`` (bidirectional). An unknown name raises a
-``ValueError`` listing the valid ones (SpeechBrain's own Conformer silently
-accepts an unknown ``attention_type``).
+This is the computation of SpeechBrain's BEST-RQ encoder
+(``ConvolutionFrontEnd`` + ``TransformerASR`` Conformer, as in SpeechBrain's
+recipe and the BEST-RQ study's fork of it): Swish in the feed-forward and
+convolution modules, no dropout on the mixer's output, LayerDrop, a final
+LayerNorm with eps 1e-6, and every weight matrix of the Transformer part
+re-initialised with ``xavier_normal_``. The token-mixer slot takes any name of
+``lobes.mixers.MIXERS``; an unknown name is refused with the list of valid
+ones.
 
-Padded frames never change the outputs on real frames: they are zeroed
-between the front-end's conv blocks, before the depthwise convolution of every
-Conformer layer (SpeechBrain's ``ConvolutionModule`` only masks its output, so
-padding leaks into the last 15 real frames there) and after every layer.
+``padding_isolation`` (default True) is the one deliberate difference: padded
+frames never change the outputs on real frames. The front-end reflects each
+utterance at its own end and zeroes the frames beyond it between blocks, the
+convolution module zeroes padding *before* its depthwise convolution, every
+layer's output is zeroed on padding, and Mamba reverses each utterance within
+its length. With ``padding_isolation=False`` the encoder computes exactly what
+SpeechBrain's does (and the authors' runs did), where the front-end and the
+convolution module let padded frames reach the last real frames and Mamba's
+reversed scan starts in the padding.
+
+An encoder describes itself: ``encoder.config`` holds every constructor
+argument (plain values), is stored in its state dict, and
+``ConformerEncoder.from_config(config)`` rebuilds it; ``encoder_config(mixer,
+size)`` reads the definition of each mixer from the top-level
+``hparams/encoder_<mixer>.yaml`` files.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
-import functools
+import inspect
 import math
+from pathlib import Path
 
 import torch
+import yaml
 from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
-from speechbrain.nnet.CNN import Conv2d, get_padding_elem
 from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 from speechbrain.nnet.activations import Swish
 from speechbrain.nnet.attention import PositionalwiseFeedForward
+from speechbrain.nnet.CNN import Conv2d, get_padding_elem
 from torch import nn
 
-from lobes.mixers import MIXERS, POSITIONAL_ENCODINGS, build_mixer, check_mixer_name
+from lobes.mixers import (
+    MIXERS,
+    POSITIONAL_ENCODINGS,
+    build_mixer,
+    check_mixer_name,
+)
 from lobes.mixers.common import sinusoidal_positions, zero_padded
 
-class ConvFrontEnd(nn.Module):
-    """SpeechBrain's 2-block convolutional front-end, made padding-safe.
+ACTIVATIONS = {"swish": Swish, "gelu": nn.GELU, "relu": nn.ReLU}
+INITS = ("xavier_normal", "default")
+SIZES = ("base", "large")
 
-    Each block is a strided ``Conv2d`` + LayerNorm + activation
-    (``speechbrain.lobes.models.convolution.ConvolutionFrontEnd``); between
-    blocks, frames beyond each utterance's length are zeroed, and the "same"
-    padding pads with zeros (SpeechBrain's default reflects the edge frames,
-    which a padded batch cannot reproduce), so that an utterance gives the
-    same frames alone or padded in a batch.
+
+def _reflect_pad(x, dim, left, right):
+    """Reflect-pads ``x`` along ``dim`` (as ``F.pad(mode="reflect")``) by
+    concatenation, which keeps the memory layout of ``x``."""
+    length = x.shape[dim]
+    parts = []
+    if left:
+        parts.append(x.narrow(dim, 1, left).flip(dim))
+    parts.append(x)
+    if right:
+        parts.append(x.narrow(dim, length - 1 - right, right).flip(dim))
+    return torch.cat(parts, dim=dim) if len(parts) > 1 else x
+
+
+class ConvFrontEnd(nn.Module):
+    """SpeechBrain's 2-block convolutional front-end, optionally padding-safe.
+
+    Each block is a strided ``Conv2d`` with "same" reflect padding + LayerNorm
+    + LeakyReLU + dropout
+    (``speechbrain.lobes.models.convolution.ConvolutionFrontEnd``, whose
+    modules and state-dict keys this holds under ``cnn.``).
+
+    With ``padding_isolation`` (default), an utterance gives the same frames
+    alone or padded in a batch: its time axis is reflected at its own end
+    (SpeechBrain reflects at the end of the padded batch, i.e. into the
+    padding of every utterance but the longest) and frames beyond its length
+    are zeroed between blocks. Without it, the numbers are SpeechBrain's.
 
     Arguments
     ---------
@@ -62,6 +104,8 @@ class ConvFrontEnd(nn.Module):
         Stride of each block, in time and frequency.
     dropout : float
         Dropout after each block.
+    padding_isolation : bool
+        See above.
 
     Example
     -------
@@ -78,9 +122,11 @@ class ConvFrontEnd(nn.Module):
         kernel_sizes=(3, 3),
         strides=(2, 2),
         dropout=0.1,
+        padding_isolation=True,
     ):
         super().__init__()
         self.strides = tuple(strides)
+        self.padding_isolation = padding_isolation
         self.cnn = ConvolutionFrontEnd(
             input_shape=(8, 64, n_mels),
             num_blocks=len(out_channels),
@@ -90,13 +136,13 @@ class ConvFrontEnd(nn.Module):
             strides=self.strides,
             dilations=(1,) * len(out_channels),
             residuals=(False,) * len(out_channels),
-            conv_module=functools.partial(Conv2d, padding_mode="constant"),
+            conv_module=Conv2d,
             dropout=dropout,
         )
         for module in self.cnn.modules():  # what _block and _conv_time_major assume
             assert getattr(module, "reduce_conv", None) is None  # no residual blocks
             if isinstance(module, Conv2d):
-                assert module.padding == "same" and module.padding_mode == "constant"
+                assert module.padding == "same" and module.padding_mode == "reflect"
                 assert not (module.swap or module.skip_transpose or module.max_norm)
         freq = n_mels
         for s in self.strides:
@@ -111,26 +157,34 @@ class ConvFrontEnd(nn.Module):
         return lengths
 
     @staticmethod
-    def _conv_time_major(conv, x):
-        """SpeechBrain's ``Conv2d`` (``padding="same"``) on (B, T, F, C), with
-        the same numbers, without its two transposing copies.
+    def _conv_time_major(conv, x, lengths=None):
+        """SpeechBrain's ``Conv2d`` (``padding="same"``, reflect) on
+        (B, T, F, C), with the same numbers, without its two transposing
+        copies.
 
         SpeechBrain views (B, T, F, C) as (B, C, F, T) and convolves that:
         time is the innermost spatial axis of the view but the outermost of
         the memory, so the convolution first copies the whole activation into
-        that order and back (at 80 s, the largest costs of the model, growing
-        faster than T as the strided copy leaves the caches). Here the same
-        kernel, transposed to (T, F), convolves the (B, C, T, F) view, which is
-        PyTorch's ``channels_last`` layout of the very same memory: no copy,
-        and the output is (B, T', F', C') in memory order again.
+        that order and back (at 80 s, the largest costs of the model). Here
+        the same kernel, transposed to (T, F), convolves the (B, C, T, F)
+        view, which is PyTorch's ``channels_last`` layout of the very same
+        memory: no copy, and the output is (B, T', F', C') in memory order.
+
+        With ``lengths`` (B,), the right time padding of each utterance
+        reflects its own last frames instead of the batch's.
         """
         k_f, k_t = conv.kernel_size
         s_f, s_t = conv.stride
         d_f, d_t = conv.dilation
-        padding = get_padding_elem(conv.in_channels, s_t, k_t, d_t) + get_padding_elem(
-            conv.in_channels, s_f, k_f, d_f
-        )  # (time left, right, freq left, right), as SpeechBrain pads
-        x = nn.functional.pad(x, (0, 0, padding[2], padding[3], padding[0], padding[1]))
+        pad_t = get_padding_elem(conv.in_channels, s_t, k_t, d_t)
+        pad_f = get_padding_elem(conv.in_channels, s_f, k_f, d_f)
+        x = _reflect_pad(_reflect_pad(x, 2, *pad_f), 1, *pad_t)
+        if lengths is not None and pad_t[1]:
+            rows = torch.arange(x.shape[0], device=x.device)
+            lengths = lengths.to(x.device)
+            for j in range(pad_t[1]):
+                src = (lengths - 2 - j).clamp(min=0) + pad_t[0]
+                x[rows, lengths + pad_t[0] + j] = x[rows, src]
         out = nn.functional.conv2d(
             x.permute(0, 3, 1, 2),  # (B, C, T, F) view, channels_last
             conv.conv.weight.transpose(2, 3),
@@ -141,33 +195,32 @@ class ConvFrontEnd(nn.Module):
         )
         return out.permute(0, 2, 3, 1)  # (B, T', F', C')
 
-    def _block(self, block, x):
-        """One SpeechBrain ``ConvBlock`` (conv, LayerNorm, activation,
-        dropout; no residual) on (B, T, F, C)."""
-        for module in block.convs.children():
-            if isinstance(module, Conv2d):
-                x = self._conv_time_major(module, x)
-            else:
-                x = module(x)
-        return x
-
     def forward(self, x, lengths):
         """Maps (B, T, n_mels) and frame counts (B,) to (B, T', C*F') and (B,)."""
         x = x.unsqueeze(-1)  # (B, T, F, 1), as SpeechBrain's front-end does
         for block, s in zip(self.cnn.children(), self.strides):
-            x = self._block(block, x)
+            for module in block.convs.children():  # conv, norm, act, dropout
+                if isinstance(module, Conv2d):
+                    x = self._conv_time_major(
+                        module, x, lengths if self.padding_isolation else None
+                    )
+                else:
+                    x = module(x)
             lengths = torch.div(lengths + s - 1, s, rounding_mode="floor")
-            valid = length_to_mask(lengths, x.shape[1]).bool()
-            x = x * valid[:, :, None, None]
+            if self.padding_isolation:
+                valid = length_to_mask(lengths, x.shape[1]).bool()
+                x = x * valid[:, :, None, None]
         return x.flatten(start_dim=2), lengths
 
 
 class MaskedConvolutionModule(ConvolutionModule):
-    """SpeechBrain's Conformer convolution module with padded frames zeroed
-    before the depthwise convolution, not only after it.
+    """SpeechBrain's Conformer convolution module, optionally padding-safe.
 
     Same parameters (and state-dict keys) as
     ``speechbrain.lobes.models.transformer.Conformer.ConvolutionModule``.
+    SpeechBrain zeroes padded frames only in the output, so the depthwise
+    convolution carries padding into the last ``kernel_size // 2`` real
+    frames; with ``padding_isolation`` they are zeroed before it too.
 
     Example
     -------
@@ -178,11 +231,15 @@ class MaskedConvolutionModule(ConvolutionModule):
     True
     """
 
+    def __init__(self, *args, padding_isolation=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.padding_isolation = padding_isolation
+
     def forward(self, x, pad_mask=None):
         """Convolves ``x`` (B, T, D); ``pad_mask`` (B, T) is True on padding."""
         out = self.layer_norm(x).transpose(1, 2)
         out = self.bottleneck(out)
-        if pad_mask is not None:
+        if pad_mask is not None and self.padding_isolation:
             out = out.masked_fill(pad_mask.unsqueeze(1), 0.0)
         out = self.conv(out)
         if self.causal:
@@ -194,6 +251,10 @@ class MaskedConvolutionModule(ConvolutionModule):
 class ConformerLayer(nn.Module):
     """One pre-norm macaron Conformer layer with a pluggable token mixer.
 
+    ``x + 1/2 FFN(x)``, then ``x + Mixer(LN(x))`` (no dropout on the mixer's
+    output, as in SpeechBrain's Conformer), then ``x + Conv(x)``, then
+    ``LN(x + 1/2 FFN(x))``.
+
     Arguments
     ---------
     d_model : int
@@ -203,20 +264,25 @@ class ConformerLayer(nn.Module):
     nhead : int
         Heads of the token mixer (where it has heads).
     mixer : str
-        Token mixer name, a key of ``MIXERS``.
+        Token mixer name, a key of ``lobes.mixers.MIXERS``.
     kernel_size : int
         Kernel of the depthwise convolution.
     dropout : float
-        Dropout of the residual branches.
+        Dropout of the feed-forward and convolution modules (and inside the
+        mixers that take one).
     activation : type
-        Activation of the feed-forward modules.
+        Activation of the feed-forward and convolution modules (and of the
+        mixers that take one, e.g. SummaryMixing).
+    padding_isolation : bool
+        Keep padded frames away from real ones (see ``ConformerEncoder``).
     mixer_kwargs : dict, optional
         Extra arguments of the mixer.
 
     Example
     -------
-    >>> layer = ConformerLayer(16, 32, 4, "summarymixing",
+    >>> layer = ConformerLayer(16, 32, 1, "summarymixing",
     ...                        mixer_kwargs={"local_proj_hid_dim": [32],
+    ...                                      "local_proj_out_dim": 8,
     ...                                      "summary_hid_dim": [32]})
     >>> layer(torch.rand(2, 7, 16)).shape
     torch.Size([2, 7, 16])
@@ -230,7 +296,8 @@ class ConformerLayer(nn.Module):
         mixer,
         kernel_size=31,
         dropout=0.1,
-        activation=nn.GELU,
+        activation=Swish,
+        padding_isolation=True,
         mixer_kwargs=None,
     ):
         super().__init__()
@@ -247,25 +314,37 @@ class ConformerLayer(nn.Module):
                 nn.Dropout(dropout),
             )
 
+        self.padding_isolation = padding_isolation
         self.ffn1 = ffn()
         self.mixer_norm = nn.LayerNorm(d_model)
         self.mixer = build_mixer(
-            mixer, d_model, nhead, dropout=dropout, **(mixer_kwargs or {})
+            mixer,
+            d_model,
+            nhead,
+            dropout=dropout,
+            activation=activation,
+            padding_isolation=padding_isolation,
+            **(mixer_kwargs or {}),
         )
         self.conv = MaskedConvolutionModule(
-            d_model, kernel_size, activation=Swish, dropout=dropout
+            d_model,
+            kernel_size,
+            activation=activation,
+            dropout=dropout,
+            padding_isolation=padding_isolation,
         )
         self.ffn2 = ffn()
         self.norm = nn.LayerNorm(d_model)
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, x, pad_mask=None, pos_emb=None):
-        """Maps (B, T, D) to (B, T, D); padded frames come out as zeros."""
+        """Maps (B, T, D) to (B, T, D); with ``padding_isolation``, padded
+        frames come out as zeros."""
+        isolate = pad_mask if self.padding_isolation else None
         x = x + 0.5 * self.ffn1(x)
-        x = x + self.drop(self.mixer(self.mixer_norm(x), pad_mask, pos_emb))
+        x = x + zero_padded(self.mixer(self.mixer_norm(x), pad_mask, pos_emb), isolate)
         x = x + self.conv(x, pad_mask)
         x = self.norm(x + 0.5 * self.ffn2(x))
-        return zero_padded(x, pad_mask)
+        return zero_padded(x, isolate)
 
 
 class ConformerEncoder(nn.Module):
@@ -274,7 +353,7 @@ class ConformerEncoder(nn.Module):
     Arguments
     ---------
     mixer : str
-        Token mixer, a key of ``MIXERS``.
+        Token mixer, a key of ``lobes.mixers.MIXERS``.
     num_layers : int
         Number of Conformer layers.
     d_model : int
@@ -289,16 +368,28 @@ class ConformerEncoder(nn.Module):
         Dropout everywhere in the encoder.
     layerdrop_prob : float
         Probability to skip a whole layer during training (never in eval).
+    activation : str
+        Activation of the feed-forward and convolution modules (and of the
+        mixers that take one): a key of ``ACTIVATIONS`` ("swish", SpeechBrain's
+        Conformer default).
     n_mels : int
         Input features per frame.
-    frontend_channels : tuple of int
+    frontend_channels : list of int
         Channels of the two conv blocks of the front-end.
-    frontend_kernel_sizes : tuple of int
+    frontend_kernel_sizes : list of int
         Kernels of the front-end's conv blocks.
     positional_encoding : str
-        ``"auto"`` (the mixer's own choice: relative for ``mhsa``, none for
-        ``hypermixing`` which has its own, absolute sine otherwise),
-        ``"relative"``, ``"absolute"`` or ``"none"``.
+        ``"auto"`` (the mixer's own choice, ``MIXERS[mixer]``: relative for
+        ``mhsa``, none for ``hypermixing`` which has its own, absolute sine
+        otherwise), ``"relative"``, ``"absolute"`` or ``"none"``.
+    padding_isolation : bool
+        True (default): padded frames never reach real frames (see the module
+        docstring). False: SpeechBrain's and the authors' numbers exactly.
+    init : str
+        ``"xavier_normal"`` (default, SpeechBrain's ``TransformerASR``):
+        every parameter of two or more dimensions after the front-end is
+        re-drawn with ``xavier_normal_``. ``"default"``: each module's own
+        initialisation.
     mixer_kwargs : dict, optional
         Extra arguments of the token mixer.
 
@@ -310,6 +401,8 @@ class ConformerEncoder(nn.Module):
     >>> out, hidden = enc(feats, torch.tensor([1.0, 0.5]), return_hidden=True)
     >>> out.shape, len(hidden), enc.output_lengths(torch.tensor([40, 20])).tolist()
     (torch.Size([2, 10, 32]), 3, [10, 5])
+    >>> ConformerEncoder.from_config(enc.config).config == enc.config
+    True
     """
 
     def __init__(
@@ -321,36 +414,60 @@ class ConformerEncoder(nn.Module):
         d_ffn=2048,
         kernel_size=31,
         dropout=0.1,
-        layerdrop_prob=0.0,
+        layerdrop_prob=0.05,
+        activation="swish",
         n_mels=80,
         frontend_channels=(128, 32),
         frontend_kernel_sizes=(3, 3),
         positional_encoding="auto",
+        padding_isolation=True,
+        init="xavier_normal",
         mixer_kwargs=None,
     ):
         super().__init__()
         check_mixer_name(mixer)
         if positional_encoding == "auto":
             positional_encoding = MIXERS[mixer].positional_encoding
-        if positional_encoding not in POSITIONAL_ENCODINGS:
-            raise ValueError(
-                f"positional_encoding={positional_encoding!r}: use 'auto' or "
-                f"one of {POSITIONAL_ENCODINGS}"
-            )
+        for key, value, valid in (
+            ("positional_encoding", positional_encoding, POSITIONAL_ENCODINGS),
+            ("activation", activation, tuple(ACTIVATIONS)),
+            ("init", init, INITS),
+        ):
+            if value not in valid:
+                raise ValueError(
+                    f"ConformerEncoder: {key}={value!r}; valid values: "
+                    f"{', '.join(valid)}"
+                )
+        # Every constructor argument, as plain values: what rebuilds this
+        # encoder (from_config) and what its checkpoints record.
         self.config = {
             "mixer": mixer,
-            "num_layers": num_layers,
-            "d_model": d_model,
-            "d_ffn": d_ffn,
-            "nhead": nhead,
-            "n_mels": n_mels,
+            "num_layers": int(num_layers),
+            "d_model": int(d_model),
+            "nhead": int(nhead),
+            "d_ffn": int(d_ffn),
+            "kernel_size": int(kernel_size),
+            "dropout": float(dropout),
+            "layerdrop_prob": float(layerdrop_prob),
+            "activation": activation,
+            "n_mels": int(n_mels),
+            "frontend_channels": [int(c) for c in frontend_channels],
+            "frontend_kernel_sizes": [int(k) for k in frontend_kernel_sizes],
             "positional_encoding": positional_encoding,
+            "padding_isolation": bool(padding_isolation),
+            "init": init,
+            "mixer_kwargs": _plain(dict(mixer_kwargs or {})),
         }
         self.d_model = d_model
         self.layerdrop_prob = layerdrop_prob
         self.positional_encoding = positional_encoding
+        self.padding_isolation = padding_isolation
         self.frontend = ConvFrontEnd(
-            n_mels, frontend_channels, frontend_kernel_sizes, dropout=dropout
+            n_mels,
+            frontend_channels,
+            frontend_kernel_sizes,
+            dropout=dropout,
+            padding_isolation=padding_isolation,
         )
         self.input_proj = nn.Linear(self.frontend.output_size, d_model)
         self.input_drop = nn.Dropout(dropout)
@@ -362,11 +479,34 @@ class ConformerEncoder(nn.Module):
                 mixer,
                 kernel_size=kernel_size,
                 dropout=dropout,
+                activation=ACTIVATIONS[activation],
+                padding_isolation=padding_isolation,
                 mixer_kwargs=mixer_kwargs,
             )
             for _ in range(num_layers)
         )
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = nn.LayerNorm(d_model, eps=1e-6)
+        if init == "xavier_normal":
+            for module in (self.input_proj, self.layers, self.norm):
+                for param in module.parameters():
+                    if param.dim() > 1:
+                        nn.init.xavier_normal_(param)
+
+    @classmethod
+    def from_config(cls, config):
+        """Builds the encoder described by ``config`` (``encoder.config``, or
+        the ``_extra_state`` of its state dict); unknown keys are refused.
+
+        Example
+        -------
+        >>> ConformerEncoder.from_config({"mixer": "mhsa", "num_layerz": 2})
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown encoder argument(s) num_layerz. Valid arguments: ...
+        """
+        config = dict(config)
+        check_arguments(cls, config, "encoder")
+        return cls(**config)
 
     @property
     def num_hidden_states(self):
@@ -393,7 +533,8 @@ class ConformerEncoder(nn.Module):
         Returns
         -------
         out : torch.Tensor
-            (B, T', D) with T' = ceil(T / 4); zeros on padded frames.
+            (B, T', D) with T' = ceil(T / 4); with ``padding_isolation``,
+            zeros on padded frames.
         hidden : list of torch.Tensor
             Only with ``return_hidden``: L+1 tensors of shape (B, T', D).
         """
@@ -402,9 +543,14 @@ class ConformerEncoder(nn.Module):
             frames = torch.full((B,), T, dtype=torch.long, device=feats.device)
         else:
             frames = torch.round(lengths * T).long().clamp(1, T)
-        valid_in = length_to_mask(frames, T).bool()
-        x, enc_frames = self.frontend(feats * valid_in.unsqueeze(-1), frames)
+        isolate = self.padding_isolation
+        if isolate:
+            feats = feats * length_to_mask(frames, T).bool().unsqueeze(-1)
+        x, enc_frames = self.frontend(feats, frames)
+        if not isolate and lengths is not None:  # SpeechBrain's rounding
+            enc_frames = torch.round(lengths * x.shape[1]).long()
         pad_mask = ~length_to_mask(enc_frames, x.shape[1]).bool()
+        no_pad = None if not isolate else pad_mask
 
         x = self.input_drop(self.input_proj(x))
         pos_emb = None
@@ -414,7 +560,7 @@ class ConformerEncoder(nn.Module):
             )
         elif self.positional_encoding == "relative":
             pos_emb = self.layers[0].mixer.make_pos_emb(x)
-        x = zero_padded(x, pad_mask)
+        x = zero_padded(x, no_pad)
 
         hidden = [x]
         for layer in self.layers:
@@ -426,22 +572,26 @@ class ConformerEncoder(nn.Module):
             if not skip:
                 x = layer(x, pad_mask, pos_emb)
             hidden.append(x)
-        x = zero_padded(self.norm(x), pad_mask)
+        x = zero_padded(self.norm(x), no_pad)
         hidden[-1] = x
         if return_hidden:
             return x, hidden
         return x
 
     def get_extra_state(self):
-        """Stores the architecture in the state dict, to check on load."""
+        """Stores the architecture (every constructor argument) in the state
+        dict: a checkpoint describes the encoder that made it."""
         return dict(self.config)
 
     def set_extra_state(self, state):
-        """Refuses a state dict made for another mixer or size."""
+        """Refuses a state dict made for another architecture (mixer, sizes,
+        positions...). Settings that leave the weights' meaning unchanged
+        (``RUNTIME_SETTINGS``: dropout, LayerDrop, padding isolation, init,
+        the Mamba backend) may differ."""
         diffs = {
-            k: (state.get(k), v)
-            for k, v in self.config.items()
-            if state.get(k, v) != v
+            k: (state[k], v)
+            for k, v in _architecture(self.config).items()
+            if k in state and _architecture(state)[k] != v
         }
         if diffs:
             what = ", ".join(
@@ -450,6 +600,151 @@ class ConformerEncoder(nn.Module):
             )
             raise ValueError(
                 "This checkpoint was saved from a different encoder "
-                f"({what}). Load it with the encoder YAML it was trained "
-                "with (hparams/encoder_<mixer>.yaml and the same sizes)."
+                f"({what}). Rebuild the encoder from the checkpoint "
+                "(lobes.pretrained.build_encoder) or with its mixer and sizes."
             )
+
+
+RUNTIME_SETTINGS = ("dropout", "layerdrop_prob", "padding_isolation", "init")
+RUNTIME_MIXER_SETTINGS = ("backend", "chunk_size")
+
+
+def _architecture(config):
+    """``config`` without the settings that do not change what weights mean."""
+    arch = {k: _plain(v) for k, v in config.items() if k not in RUNTIME_SETTINGS}
+    if isinstance(arch.get("mixer_kwargs"), dict):
+        arch["mixer_kwargs"] = {
+            k: v for k, v in arch["mixer_kwargs"].items() if k not in RUNTIME_MIXER_SETTINGS
+        }
+    return arch
+
+
+def _plain(value):
+    """Tuples to lists, recursively (the form YAML and checkpoints keep)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_arguments(target, kwargs, what):
+    """Refuses keys of ``kwargs`` that ``target`` (a class or function) does
+    not take, naming the valid ones.
+
+    Example
+    -------
+    >>> check_arguments(ConformerEncoder, {"d_model": 8}, "encoder")
+    >>> check_arguments(ConformerEncoder, {"d_modle": 8}, "encoder")
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown encoder argument(s) d_modle. Valid arguments: mixer, num_layers, d_model, ...
+    """
+    params = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n in params if n != "self"]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise ValueError(
+            f"Unknown {what} argument(s) {', '.join(unknown)}. Valid "
+            f"arguments: {', '.join(valid)}"
+        )
+
+
+def hparams_folder():
+    """The folder of the encoder definitions, ``hparams/encoder_<mixer>.yaml``:
+    the repository's top-level ``hparams/`` (source checkout or editable
+    install) or the copy installed with the package (``lobes/hparams``)."""
+    here = Path(__file__).resolve().parent
+    for folder in (here.parent / "hparams", here / "hparams"):
+        if folder.is_dir():
+            return folder
+    raise FileNotFoundError(
+        f"No encoder definitions (hparams/encoder_<mixer>.yaml) beside {here}: "
+        "reinstall this package (pip install -e <repository>)."
+    )
+
+
+def encoder_config(mixer, size="base", overrides=None):
+    """The full constructor arguments of the encoder of ``mixer``.
+
+    Reads ``hparams/encoder_<mixer>.yaml`` (the one definition of each
+    mixer's encoder, shared by pretraining and probing), picks ``size``
+    (``base``: 12 layers, ~94M parameters with the BEST-RQ head; ``large``:
+    24 layers, ~313M) and applies ``overrides``. Every key is checked:
+    a misspelt override is refused with the list of valid keys, for the
+    encoder and for ``mixer_kwargs`` (merged key by key) alike.
+
+    Arguments
+    ---------
+    mixer : str
+        A key of ``lobes.mixers.MIXERS``.
+    size : str
+        ``"base"`` or ``"large"``.
+    overrides : dict, optional
+        Constructor arguments to change, e.g. ``{"num_layers": 2}``.
+
+    Returns
+    -------
+    dict
+        Arguments of ``ConformerEncoder`` (``ConformerEncoder.from_config``).
+
+    Example
+    -------
+    >>> cfg = encoder_config("summarymixing")
+    >>> cfg["d_model"], cfg["num_layers"], cfg["nhead"], cfg["layerdrop_prob"]
+    (536, 12, 1, 0.05)
+    >>> encoder_config("fastformer", "large")["d_model"]
+    920
+    >>> encoder_config("fastformer", overrides={"num_layerz": 2})
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown encoder argument(s) num_layerz. Valid arguments: ...
+    >>> encoder_config("mamba", overrides={"mixer_kwargs": {"d_stat": 8}})
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown mamba mixer argument(s) d_stat. Valid arguments: ...
+    """
+    check_mixer_name(mixer)
+    if size not in SIZES:
+        raise ValueError(f"Encoder size {size!r}: use one of {', '.join(SIZES)}")
+    path = hparams_folder() / f"encoder_{mixer}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem[len("encoder_"):] for p in path.parent.glob("encoder_*.yaml"))
+        raise ValueError(
+            f"Mixer {mixer!r} has no encoder definition ({path}); mixers with "
+            f"one: {', '.join(have)}."
+        )
+    with open(path, encoding="utf-8") as fin:
+        spec = yaml.safe_load(fin)
+    sizes = spec.pop("sizes")
+    config = {**spec, **sizes[size]}
+    overrides = dict(overrides or {})
+    check_arguments(ConformerEncoder, overrides, "encoder")
+    mixer_over = overrides.pop("mixer_kwargs", None) or {}
+    if overrides.get("mixer", mixer) != mixer:
+        raise ValueError(
+            f"encoder overrides set mixer={overrides['mixer']!r} for the "
+            f"{mixer!r} definition: set the `mixer` hyperparameter instead."
+        )
+    config.update(overrides)
+    mixer_kwargs = {**(config.get("mixer_kwargs") or {}), **mixer_over}
+    check_arguments(MIXERS[mixer].cls, mixer_kwargs, f"{mixer} mixer")
+    config["mixer_kwargs"] = mixer_kwargs
+    check_arguments(ConformerEncoder, config, f"encoder ({path})")
+    return _plain(config)
+
+
+def build_encoder(mixer, size="base", overrides=None):
+    """``ConformerEncoder.from_config(encoder_config(mixer, size, overrides))``:
+    what the recipes' ``encoder:`` entry calls.
+
+    Example
+    -------
+    >>> enc = build_encoder("hypermixing", overrides={"num_layers": 1, "d_model": 32,
+    ...                                               "d_ffn": 64, "nhead": 2})
+    >>> enc.config["mixer"], enc.config["positional_encoding"]
+    ('hypermixing', 'none')
+    """
+    return ConformerEncoder.from_config(encoder_config(mixer, size, overrides))

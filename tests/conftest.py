@@ -9,8 +9,31 @@ from pathlib import Path
 import pytest
 import torch
 
+from lobes.mixers import MIXERS
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
+
+# The one list of mixers the tests run over.
+ALL_MIXERS = sorted(MIXERS)
+PAPER_MIXERS = ["mhsa", "hypermixing", "fastformer", "summarymixing", "mamba"]
+LINEAR_MIXERS = ["hypermixing", "fastformer", "summarymixing", "summarymixing_lite", "mamba"]
+# Small mixer arguments for unit tests (width 16, 4 heads unless noted).
+SMALL_MIXER_KWARGS = {
+    "summarymixing": {"local_proj_hid_dim": [24], "local_proj_out_dim": 12, "summary_hid_dim": [20]},
+    "summarymixing_lite": {"summary_hid_dim": [20]},
+    "hypermixing": {"hypernet_size": 32},
+    "mamba": {"d_state": 4},
+}
+
+
+def small_mixer(name, d_model=16, nhead=4, **kwargs):
+    """``lobes.mixers.build_mixer`` with small sizes (heads: 1 for SummaryMixing)."""
+    from lobes.mixers import build_mixer
+
+    if name.startswith("summarymixing"):
+        nhead = 1
+    return build_mixer(name, d_model, nhead, **{**SMALL_MIXER_KWARGS.get(name, {}), **kwargs})
 
 
 @pytest.fixture(autouse=True)
@@ -99,3 +122,21 @@ def pretrained_demo(demo_data, tmp_path_factory):
         return cache[mixer, epochs]
 
     return pretrain
+
+
+def assert_run_rebuilds_its_encoder(run_folder, checkpoint):
+    """A run folder describes the encoder that ran: its ``encoder.yaml`` and
+    its saved ``hyperparams.yaml`` rebuild an encoder into which
+    ``checkpoint``'s encoder state dict loads strictly."""
+    import yaml
+    from hyperpyyaml import load_hyperpyyaml
+
+    from lobes.pretrained import encoder_state_dict
+
+    state = encoder_state_dict(checkpoint)
+    recorded = yaml.safe_load((Path(run_folder) / "encoder.yaml").read_text())
+    assert recorded == state["_extra_state"]
+    with open(Path(run_folder) / "hyperparams.yaml") as fin:
+        saved = load_hyperpyyaml(fin)
+    saved["encoder"].load_state_dict(state)  # strict
+    assert saved["encoder"].config == recorded
