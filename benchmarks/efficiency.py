@@ -86,7 +86,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-HPARAMS = REPO / "hparams"
 DEFAULT_MIXERS = "mhsa,mhsa_sdpa,hypermixing,fastformer,summarymixing,mamba"
 LINEAR_MIXERS = (
     "hypermixing",
@@ -118,23 +117,7 @@ WIDTH_KWARGS = (
     "summary_hid_dim",
     "summary_out_dim",
 )
-# Channels of the two conv blocks of the front-end (ConformerEncoder's
-# default); the scaled sizes divide them like the widths.
-FRONTEND_CHANNELS = (128, 32)
-# The ConformerEncoder arguments of the encoder YAMLs.
-ENCODER_KEYS = (
-    "mixer",
-    "num_layers",
-    "d_model",
-    "nhead",
-    "d_ffn",
-    "kernel_size",
-    "dropout",
-    "layerdrop_prob",
-    "n_mels",
-    "mixer_kwargs",
-)
-# Where a mixer without its own YAML takes its sizes from.
+# Where a mixer without its own definition takes its sizes from.
 YAML_OF = {"summarymixing_lite": "summarymixing"}
 
 CSV_FIELDS = [
@@ -213,54 +196,58 @@ def _scale_width(value, scale, multiple=1):
 
 
 def model_config(mixer, size="paper"):
-    """The YAML overrides that give ``mixer`` at ``size``.
+    """The encoder arguments of ``mixer`` at ``size``.
+
+    The paper's sizes are the encoder definitions
+    (``lobes.encoder.encoder_config(mixer, "base")``); the smaller ones divide
+    every width (d_model, mixer widths, front-end channels) by the size's
+    scale and change depth and FFN size. A mixer without a definition of its
+    own takes that of ``YAML_OF[mixer]``.
 
     Arguments
     ---------
     mixer : str
-        Token mixer name (``hparams/encoder_<mixer>.yaml``, or the YAML of
-        ``YAML_OF[mixer]`` with ``mixer`` overridden).
+        Token mixer name.
     size : str
         A key of ``SIZES``.
 
     Returns
     -------
-    path : pathlib.Path
-        The encoder YAML.
-    overrides : dict
-        Keys of that YAML to override (empty for ``paper`` sizes).
+    dict
+        ``ConformerEncoder`` arguments.
 
     Example
     -------
-    >>> path, over = model_config("fastformer", "small")
-    >>> path.name, over["d_model"], over["num_layers"], over["d_ffn"]
-    ('encoder_fastformer.yaml', 152, 4, 512)
+    >>> cfg = model_config("fastformer", "small")
+    >>> cfg["d_model"], cfg["num_layers"], cfg["d_ffn"], cfg["frontend_channels"]
+    (152, 4, 512, [32, 8])
     """
-    from hyperpyyaml import load_hyperpyyaml
+    from lobes.encoder import encoder_config
 
     if size not in SIZES:
         raise ValueError(f"size {size!r} is not one of {sorted(SIZES)}")
-    path = HPARAMS / f"encoder_{YAML_OF.get(mixer, mixer)}.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"No encoder YAML for mixer {mixer!r}: {path}")
-    overrides = {} if mixer == YAML_OF.get(mixer, mixer) else {"mixer": mixer}
+    config = encoder_config(YAML_OF.get(mixer, mixer), "base")
+    if mixer in YAML_OF:
+        config["mixer"] = mixer
+        config["mixer_kwargs"] = {
+            k: v for k, v in config["mixer_kwargs"].items() if not k.startswith("local_proj")
+        }
     spec = SIZES[size]
-    if spec["scale"] == 1 and spec["num_layers"] is None:
-        return path, overrides
-    with open(path) as f:  # sizes only: the encoder is not built
-        hp = load_hyperpyyaml(f, {**overrides, "encoder": None})
     scale = spec["scale"]
-    overrides["d_model"] = _scale_width(hp["d_model"], scale, hp["nhead"])
-    overrides["num_layers"] = spec["num_layers"] or hp["num_layers"]
-    overrides["d_ffn"] = spec["d_ffn"] or hp["d_ffn"]
-    kwargs = dict(hp["mixer_kwargs"] or {})
+    if scale == 1 and spec["num_layers"] is None:
+        return config
+    config["d_model"] = _scale_width(config["d_model"], scale, config["nhead"])
+    config["num_layers"] = spec["num_layers"] or config["num_layers"]
+    config["d_ffn"] = spec["d_ffn"] or config["d_ffn"]
+    config["frontend_channels"] = [max(1, round(c / scale)) for c in config["frontend_channels"]]
+    kwargs = dict(config["mixer_kwargs"])
     for key in WIDTH_KWARGS:
         if kwargs.get(key) is not None:
             # HyperMixing splits its hidden size over the heads.
-            multiple = hp["nhead"] if key == "hypernet_size" else 1
+            multiple = config["nhead"] if key == "hypernet_size" else 1
             kwargs[key] = _scale_width(kwargs[key], scale, multiple)
-    overrides["mixer_kwargs"] = kwargs
-    return path, overrides
+    config["mixer_kwargs"] = kwargs
+    return config
 
 
 def build_model(mixer, size="paper", vocab=8192, device="cpu"):
@@ -287,37 +274,23 @@ def build_model(mixer, size="paper", vocab=8192, device="cpu"):
     Example
     -------
     >>> model, info = build_model("summarymixing", "tiny", vocab=16)
-    >>> info["d_model"], info["num_layers"], info["mixer_kwargs"]
-    (32, 2, {'local_proj_hid_dim': [64], 'summary_hid_dim': [64]})
+    >>> info["d_model"], info["num_layers"], info["mixer_kwargs"]["summary_hid_dim"]
+    (34, 2, [64])
     >>> info["frontend"]
     '8/2'
     """
-    from hyperpyyaml import load_hyperpyyaml
-
     from lobes.encoder import ConformerEncoder
 
-    path, overrides = model_config(mixer, size)
-    scale = SIZES[size]["scale"]
-    if scale == 1:  # the YAML's own encoder
-        with open(path) as f:
-            hp = load_hyperpyyaml(f, overrides)
-        encoder = hp["encoder"]
-        frontend = FRONTEND_CHANNELS
-    else:  # the YAML's arguments, and a front-end scaled like the widths
-        with open(path) as f:
-            hp = load_hyperpyyaml(f, {**overrides, "encoder": None})
-        frontend = tuple(max(1, round(c / scale)) for c in FRONTEND_CHANNELS)
-        encoder = ConformerEncoder(
-            **{k: hp[k] for k in ENCODER_KEYS}, frontend_channels=frontend
-        )
-    model = PretrainingModel(encoder, hp["d_model"], vocab).to(device)
+    config = model_config(mixer, size)
+    encoder = ConformerEncoder.from_config(config)
+    model = PretrainingModel(encoder, config["d_model"], vocab).to(device)
     info = {
-        "frontend": "/".join(map(str, frontend)),
-        "num_layers": hp["num_layers"],
-        "d_model": hp["d_model"],
-        "d_ffn": hp["d_ffn"],
-        "nhead": hp["nhead"],
-        "mixer_kwargs": dict(hp["mixer_kwargs"] or {}),
+        "frontend": "/".join(map(str, config["frontend_channels"])),
+        "num_layers": config["num_layers"],
+        "d_model": config["d_model"],
+        "d_ffn": config["d_ffn"],
+        "nhead": config["nhead"],
+        "mixer_kwargs": dict(config["mixer_kwargs"]),
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
     return model, info

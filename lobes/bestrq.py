@@ -11,7 +11,8 @@ encoder to predict, on masked frames, the index of the nearest code of a
   quantiser (same buffers ``P`` and ``CB``) but finds the nearest code with
   one matmul of normalised vectors instead of SpeechBrain's B x V x T x dim
   distance tensor (same argmin, ~V times less memory).
-* ``compute_span_mask``: per-utterance span masking on valid frames only.
+* ``compute_span_mask``: span masks, one per batch (the authors') or per
+  utterance, on valid frames only.
 * ``masked_prediction_loss``: cross-entropy and accuracy on masked frames.
 
 Authors
@@ -107,18 +108,25 @@ class RandomProjectionQuantizer(_SBRandomProjectionQuantizer):
         return (proj @ self.CB.t()).argmax(dim=-1)
 
 
-def compute_span_mask(frame_lengths, max_len, mask_prob=0.15, mask_length=4):
-    """Samples BEST-RQ span masks, independently for each utterance.
+def compute_span_mask(
+    frame_lengths, max_len, mask_prob=0.15, mask_length=4, per_utterance=False
+):
+    """Samples BEST-RQ span masks.
 
     As in SpeechBrain's BEST-RQ, ``mask_prob`` is the probability for a frame
-    to *start* a span (not to be masked): an utterance of ``n`` valid frames
-    gets ``int(mask_prob * n + U(0, 1))`` non-overlapping spans of
+    to *start* a span (not to be masked): ``n`` frames get
+    ``int(mask_prob * n + U(0, 1))`` (at least one) non-overlapping spans of
     ``mask_length`` frames, aligned on multiples of ``mask_length`` (so with
     spans of 4 fbank frames, whole 40 ms target frames are masked), chosen
-    uniformly among the ``n // mask_length`` slots. With 0.15 and 4, about 60 %
-    of the frames are masked. Unlike SpeechBrain's collate function, which
-    draws one mask for the whole batch from the shortest utterance, each
-    utterance is masked over its own valid frames and padding is never masked.
+    uniformly among the ``n // mask_length`` slots. With 0.15 and 4, about
+    60 % of the frames are masked.
+
+    ``per_utterance=False`` (the authors' method, SpeechBrain's
+    ``brq_mask_collate_fn``): one set of spans for the whole batch, drawn
+    with ``n`` the length of its shortest utterance, so every utterance gets
+    the same masked positions and padding is never masked.
+    ``per_utterance=True``: each utterance masked over its own ``n`` valid
+    frames.
 
     Arguments
     ---------
@@ -130,6 +138,8 @@ def compute_span_mask(frame_lengths, max_len, mask_prob=0.15, mask_length=4):
         Probability for a frame to start a span.
     mask_length : int
         Frames per span.
+    per_utterance : bool
+        See above.
 
     Returns
     -------
@@ -144,8 +154,11 @@ def compute_span_mask(frame_lengths, max_len, mask_prob=0.15, mask_length=4):
     Example
     -------
     >>> mask = compute_span_mask(torch.tensor([40, 20]), 40)
-    >>> mask.shape, bool(mask[1, 20:].any())
-    (torch.Size([2, 40]), False)
+    >>> mask.shape, bool(mask[:, 20:].any()), torch.equal(mask[0], mask[1])
+    (torch.Size([2, 40]), False, True)
+    >>> mask = compute_span_mask(torch.tensor([40, 20]), 40, per_utterance=True)
+    >>> bool(mask[1, 20:].any())
+    False
     """
     frame_lengths = frame_lengths.long()
     too_short = frame_lengths < mask_length
@@ -157,6 +170,10 @@ def compute_span_mask(frame_lengths, max_len, mask_prob=0.15, mask_length=4):
             "data (raise `avoid_if_shorter_than` in the YAML)."
         )
     device = frame_lengths.device
+    if not per_utterance:  # one draw, on the shortest utterance
+        shortest = frame_lengths.min().view(1)
+        mask = compute_span_mask(shortest, max_len, mask_prob, mask_length, True)
+        return mask.expand(frame_lengths.shape[0], -1)
     B = frame_lengths.shape[0]
     slots = frame_lengths // mask_length
     n_slots_max = max_len // mask_length

@@ -12,9 +12,10 @@ a user has at hand:
 * an exported model folder (``lobes.export``): ``encoder.ckpt`` and
   ``normalizer.ckpt``.
 
-The encoder's state dict carries its architecture (mixer, width, layers...),
-so loading a checkpoint of another mixer or size fails with a message that
-says which setting differs, never silently.
+The encoder's state dict carries its architecture (every constructor
+argument), so ``build_encoder`` rebuilds the encoder from the checkpoint
+alone, and loading a checkpoint into an encoder of another mixer or size fails
+with a message that says which setting differs, never silently.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -93,6 +94,61 @@ def encoder_state_dict(path):
             f"{prefix!r}): is it a checkpoint of the BEST-RQ recipe?"
         )
     return state
+
+
+def build_encoder(source, mixer=None):
+    """The encoder a checkpoint was trained with (random weights; load them
+    with ``load_pretrained``).
+
+    Arguments
+    ---------
+    source : str or Path
+        Any form accepted by ``resolve_checkpoint``.
+    mixer : str, optional
+        If given, the mixer the caller expects: a checkpoint of another mixer
+        is refused, naming both.
+
+    Returns
+    -------
+    lobes.encoder.ConformerEncoder
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from lobes.encoder import ConformerEncoder
+    >>> enc = ConformerEncoder("fastformer", num_layers=1, d_model=16,
+    ...                        nhead=2, d_ffn=32, kernel_size=3)
+    >>> folder = tempfile.mkdtemp()
+    >>> torch.save(enc.state_dict(), f"{folder}/encoder.ckpt")
+    >>> build_encoder(folder).config == enc.config
+    True
+    >>> build_encoder(folder, mixer="mamba")
+    Traceback (most recent call last):
+    ...
+    ValueError: ...holds a 'fastformer' encoder, but mixer='mamba' was asked for...
+    """
+    from lobes.encoder import ConformerEncoder
+
+    encoder_file, _, _ = resolve_checkpoint(source)
+    config = dict(encoder_state_dict(source).get("_extra_state") or {})
+    if "init" not in config:  # every argument is recorded since then
+        raise ValueError(
+            f"{encoder_file} does not describe its encoder completely (saved "
+            "by an older version of this package): export it again with that "
+            "version, or build the encoder by hand and use load_pretrained."
+        )
+    if mixer is not None and mixer != config["mixer"]:
+        raise ValueError(
+            f"{encoder_file} holds a {config['mixer']!r} encoder, but "
+            f"mixer={mixer!r} was asked for: drop the `mixer` setting (the "
+            "checkpoint defines the encoder) or give a checkpoint of that mixer."
+        )
+    kwargs = dict(config.get("mixer_kwargs") or {})
+    if kwargs.get("backend") == "cuda":
+        # The CUDA-only backend would refuse to build on a CPU machine; "auto"
+        # runs the mamba-ssm kernels on GPU and the PyTorch scan elsewhere.
+        config["mixer_kwargs"] = {**kwargs, "backend": "auto"}
+    return ConformerEncoder.from_config(config)
 
 
 def load_pretrained(path, encoder, normalizer=None):

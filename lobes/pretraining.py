@@ -6,8 +6,9 @@
    normalisation (``normalize``), padded frames zeroed;
 2. targets: the frozen ``quantizer`` on 4 stacked frames (40 ms), computed on
    the clean features;
-3. span masking of each utterance's valid frames, masked frames replaced by
-   N(noise_mean, noise_std) noise;
+3. span masking (one set of spans per batch, within its shortest utterance,
+   as the authors did; ``mask_per_utterance`` masks each utterance over its
+   own length), masked frames replaced by N(noise_mean, noise_std) noise;
 4. the ``encoder`` (any token mixer) and the linear ``head`` predict the codes;
 5. cross-entropy and accuracy on masked, non-padded frames.
 
@@ -49,7 +50,7 @@ class BestRQBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
     (``lobes.bestrq.RandomProjectionQuantizer``) and ``normalize``
     (``speechbrain.processing.features.InputNormalization``), and hparams
     ``compute_features``, ``stack_frames``, ``mask_prob``, ``mask_length``,
-    ``noise_mean``, ``noise_std``, ``lr_annealing``, ``epoch_counter``,
+    ``mask_per_utterance``, ``noise_mean``, ``noise_std``, ``lr_annealing``, ``epoch_counter``,
     ``train_steps_logger``, ``train_logger`` and ``log_interval``.
     """
 
@@ -78,12 +79,18 @@ class BestRQBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
         frames = torch.round(wav_lens * feats.shape[1]).long()
         feats = pad_to_multiple(feats, stack)
         B, T, _ = feats.shape
-        feats = feats * length_to_mask(frames, T).bool().unsqueeze(-1)
+        encoder = getattr(self.modules.encoder, "module", self.modules.encoder)
+        if encoder.padding_isolation:  # else padded frames as the authors had
+            feats = feats * length_to_mask(frames, T).bool().unsqueeze(-1)
 
         targets = self.modules.quantizer(stack_frames(feats, stack))
         try:
             mask = compute_span_mask(
-                frames, T, self.hparams.mask_prob, self.hparams.mask_length
+                frames,
+                T,
+                self.hparams.mask_prob,
+                self.hparams.mask_length,
+                per_utterance=self.hparams.mask_per_utterance,
             )
         except ValueError as err:
             raise ValueError(f"Batch with utterances {batch.id}: {err}") from err

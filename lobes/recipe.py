@@ -1,83 +1,192 @@
-"""Loading a probing recipe's YAML with the encoder of a chosen mixer.
+"""Loading a recipe's hyperparameters, with the checks SpeechBrain lacks.
 
-An MP3S recipe has one YAML per probe. Its encoder comes from the top-level
-``hparams/encoder_<mixer>.yaml`` (the file the pretraining included), through
-one line of the form::
+Every ``train.py`` of this repository starts like a SpeechBrain recipe, with
+one call in place of ``load_hyperpyyaml``::
 
-    encoder_hparams: !include:../../../../hparams/encoder_summarymixing.yaml
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
+    sb.create_experiment_directory(hparams["output_folder"], hparams_file, overrides)
+    record_encoder(hparams)
 
-``--mixer=<name>`` on the command line selects another of those files, so
-that ``python train.py hparams/<probe>.yaml --mixer=fastformer
---pretrained_path=...`` probes a Fastformer encoder with exactly the
-architecture it was pretrained with. Sizes of a non-default encoder (e.g. the
-24-layer models) are overridden as in pretraining,
-``--encoder_hparams="{num_layers: 24, d_model: 1048}"``; a checkpoint of
-another mixer or size is then refused when it is loaded
-(``lobes.pretrained``).
+``load_hparams`` refuses, with a message that says what to do:
+
+* a YAML of another recipe (keys this recipe needs are missing);
+* a misspelt key inside a dict-valued override (``--dynamic_batch_sampler=
+  "{max_batch_lenght: 100}"`` would otherwise replace the whole dict); the
+  encoder's own overrides are checked against its constructor by
+  ``lobes.encoder.encoder_config``;
+* a restart into an output folder whose run used another encoder, before
+  anything in that folder is touched.
+
+It returns the overrides to save with the run, completed with every
+constructor argument of the encoder that is built (``encoder_overrides``), so
+that the run's ``hyperparams.yaml`` rebuilds exactly that encoder;
+``record_encoder`` writes the same description to ``<output_folder>/encoder.yaml``.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
 import io
-import re
 from pathlib import Path
 
+import yaml
 from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import if_main_process
 
-from lobes.mixers import check_mixer_name
-
-INCLUDE_LINE = re.compile(
-    r"^(encoder_hparams:\s*!include:\S*encoder_)(\w+)(\.yaml)", re.MULTILINE
-)
-MIXER_OVERRIDE = re.compile(r"^mixer:\s*([\w-]+)\s*$", re.MULTILINE)
+ENCODER_RECORD = "encoder.yaml"
 
 
-def select_mixer(yaml_text, mixer, where="the YAML"):
-    """Rewrites the encoder ``!include`` line of ``yaml_text`` to ``mixer``.
+class _TagIgnoringLoader(yaml.SafeLoader):
+    """Reads HyperPyYAML as plain YAML: tagged nodes become their content."""
+
+
+def _construct_tagged(loader, suffix, node):
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+_TagIgnoringLoader.add_multi_constructor("!", _construct_tagged)
+
+
+def _plain_yaml(text):
+    return yaml.load(text, Loader=_TagIgnoringLoader) or {}
+
+
+def check_overrides(yaml_text, overrides, where="the YAML"):
+    """Refuses override keys that the YAML does not have, inside dicts.
+
+    Arguments
+    ---------
+    yaml_text : str
+        The recipe YAML.
+    overrides : dict
+        The command-line overrides.
+    where : str
+        The YAML's name, for the message.
 
     Example
     -------
-    >>> text = "encoder_hparams: !include:../hparams/encoder_mhsa.yaml\\n"
-    >>> select_mixer(text, "fastformer")
-    'encoder_hparams: !include:../hparams/encoder_fastformer.yaml\\n'
-    >>> select_mixer(text, "transformer")
+    >>> text = "opts:\\n    batch_size: 8\\n    shuffle: True\\n"
+    >>> check_overrides(text, {"opts": {"batch_size": 4}})
+    >>> check_overrides(text, {"opts": {"batch_sise": 4}})
     Traceback (most recent call last):
     ...
-    ValueError: Unknown token mixer 'transformer'...
+    ValueError: Override --opts={batch_sise: ...}: the YAML's `opts` has no key 'batch_sise'. Its keys: batch_size, shuffle
     """
-    check_mixer_name(mixer)
-    if not INCLUDE_LINE.search(yaml_text):
-        raise ValueError(
-            f"{where} has no line 'encoder_hparams: !include:.../"
-            "encoder_<mixer>.yaml', so --mixer cannot select the encoder."
-        )
-    return INCLUDE_LINE.sub(rf"\g<1>{mixer}\g<3>", yaml_text)
+    doc = _plain_yaml(yaml_text)
+    for key, value in overrides.items():
+        original = doc.get(key)
+        if not (isinstance(value, dict) and isinstance(original, dict) and original):
+            continue
+        for sub in value:
+            if sub not in original:
+                raise ValueError(
+                    f"Override --{key}={{{sub}: ...}}: {where}'s `{key}` has no "
+                    f"key {sub!r}. Its keys: {', '.join(map(str, original))}"
+                )
 
 
-def load_recipe_hparams(hparams_file, overrides=""):
-    """``load_hyperpyyaml`` of ``hparams_file`` with ``overrides`` (the string
-    of ``speechbrain.parse_arguments``), honouring ``mixer: <name>``.
+def load_hparams(hparams_file, overrides="", required=()):
+    """``load_hyperpyyaml`` of a recipe YAML with the checks of this module.
+
+    Arguments
+    ---------
+    hparams_file : str or Path
+        The recipe YAML.
+    overrides : str or dict
+        As returned by ``speechbrain.parse_arguments``.
+    required : sequence of str
+        Keys that any YAML of this recipe defines.
 
     Returns
     -------
     hparams : dict
         The loaded hyperparameters.
-    yaml_text : str
-        The YAML actually used (to save in the experiment folder).
+    overrides : dict
+        To save with the run (``create_experiment_directory``): the given ones,
+        plus ``encoder_overrides`` with every constructor argument of the
+        encoder when the YAML builds it by name (pretraining).
     """
-    yaml_text = Path(hparams_file).read_text(encoding="utf-8")
-    found = MIXER_OVERRIDE.search(overrides or "")
-    if found:
-        yaml_text = select_mixer(yaml_text, found.group(1), hparams_file)
-        include = re.search(r"!include:(\S+)", INCLUDE_LINE.search(yaml_text)[0])
-        path = Path(hparams_file).parent / include.group(1)
-        if not path.is_file():
-            have = sorted(p.stem[8:] for p in path.parent.glob("encoder_*.yaml"))
-            raise ValueError(
-                f"--mixer={found.group(1)}: there is no encoder YAML {path}; "
-                f"encoder YAMLs exist for: {', '.join(have)}"
-            )
-    stream = io.StringIO(yaml_text)
-    stream.name = str(hparams_file)  # relative !include paths
-    return load_hyperpyyaml(stream, overrides), yaml_text
+    hparams_file = Path(hparams_file)
+    text = hparams_file.read_text(encoding="utf-8")
+    if isinstance(overrides, str):
+        overrides = yaml.safe_load(overrides) or {}
+    overrides = dict(overrides or {})
+    doc = _plain_yaml(text)
+    missing = [k for k in required if k not in doc]
+    if missing:
+        raise ValueError(
+            f"{hparams_file} is not a YAML of this recipe: it lacks "
+            f"{', '.join(missing)}. Use one of the YAMLs in this recipe's "
+            "hparams/ folder."
+        )
+    unknown = [k for k in overrides if k not in doc]
+    if unknown:
+        raise ValueError(
+            f"Override(s) --{', --'.join(unknown)}: {hparams_file} has no such "
+            "key. Check the spelling against the YAML."
+        )
+    check_overrides(text, overrides, str(hparams_file))
+    stream = io.StringIO(text)
+    stream.name = str(hparams_file)
+    hparams = load_hyperpyyaml(stream, overrides)
+    encoder = hparams.get("encoder")
+    config = getattr(encoder, "config", None)
+    if config is not None and "encoder_overrides" in doc:
+        overrides["encoder_overrides"] = {
+            k: v for k, v in config.items() if k != "mixer"
+        }
+    if config is not None and "output_folder" in hparams:
+        check_restart(hparams["output_folder"], config)
+    return hparams, overrides
+
+
+def check_restart(output_folder, config):
+    """Refuses to reuse an output folder whose run had another encoder.
+
+    Nothing is written: the check happens before SpeechBrain saves the new
+    ``hyperparams.yaml``, so the folder still describes its own run.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / ENCODER_RECORD).write_text("mixer: mhsa\\nd_model: 576\\n")
+    >>> check_restart(folder, {"mixer": "mhsa", "d_model": 576})
+    >>> check_restart(folder, {"mixer": "mhsa", "d_model": 848})
+    Traceback (most recent call last):
+    ...
+    ValueError: ...d_model: 576 there, 848 now...
+    """
+    record = Path(output_folder) / ENCODER_RECORD
+    if not record.is_file():
+        return
+    before = yaml.safe_load(record.read_text(encoding="utf-8")) or {}
+    diffs = [
+        f"{k}: {before.get(k)!r} there, {v!r} now"
+        for k, v in config.items()
+        if k in before and before[k] != v
+    ]
+    if diffs:
+        raise ValueError(
+            f"{output_folder} holds a run of another encoder ({'; '.join(diffs)}). "
+            "Give this run its own --output_folder (nothing was changed there)."
+        )
+
+
+def record_encoder(hparams):
+    """Writes ``<output_folder>/encoder.yaml``: every constructor argument of
+    ``hparams["encoder"]`` (main process only)."""
+    encoder = hparams.get("encoder")
+    if getattr(encoder, "config", None) is None or not if_main_process():
+        return
+    path = Path(hparams["output_folder"]) / ENCODER_RECORD
+    path.write_text(
+        "# The encoder of this run: lobes.encoder.ConformerEncoder.from_config(<this>)\n"
+        + yaml.safe_dump(encoder.config, sort_keys=False),
+        encoding="utf-8",
+    )

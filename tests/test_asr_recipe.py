@@ -7,7 +7,6 @@ import re
 
 import pytest
 from conftest import PROBE_LAYERS, REPO, run_recipe
-from demo_overrides import demo_encoder_override
 
 from lobes.librispeech_prepare import prepare_librispeech
 
@@ -30,11 +29,9 @@ def probe_args(hparams, mixer, pretrained, data, out, epochs=1):
     """Command line of a demo-size ASR probe run on ``pretrained``."""
     return [
         f"hparams/{hparams}.yaml",
-        f"--mixer={mixer}",
         f"--data_folder={data}",
         f"--pretrained_path={pretrained / 'save'}",
         f"--output_folder={out}",
-        demo_encoder_override(mixer, PROBE_LAYERS),
         f"--number_of_epochs={epochs}",
         "--batch_size=8",
         "--test_batch_size=8",

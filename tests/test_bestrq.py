@@ -51,7 +51,7 @@ def test_stack_frames_groups_four_consecutive_frames():
 def test_span_mask_per_utterance_never_masks_padding():
     torch.manual_seed(0)
     lengths = torch.tensor([400, 120, 8])
-    mask = compute_span_mask(lengths, 400, mask_prob=0.15, mask_length=4)
+    mask = compute_span_mask(lengths, 400, mask_prob=0.15, mask_length=4, per_utterance=True)
     assert mask.shape == (3, 400)
     for i, n in enumerate(lengths.tolist()):
         assert not mask[i, n:].any()
@@ -61,6 +61,23 @@ def test_span_mask_per_utterance_never_masks_padding():
         assert mask[i].any()
     # ~ mask_prob * mask_length = 60% of a long utterance is masked
     assert 0.5 < mask[0].float().mean() < 0.7
+
+
+def test_span_mask_of_the_batch_is_the_authors_one_draw_on_the_shortest_utterance():
+    """brq_mask_collate_fn: int(0.15 * n_min + U(0, 1)) (at least 1) aligned
+    spans among the n_min // 4 slots of the shortest utterance, the same for
+    every utterance of the batch."""
+    torch.manual_seed(0)
+    lengths = torch.tensor([400, 121, 250])
+    counts = set()
+    for _ in range(50):
+        mask = compute_span_mask(lengths, 400, mask_prob=0.15, mask_length=4)
+        assert (mask == mask[0]).all()  # one mask for the batch
+        assert not mask[:, 120:].any()  # within the shortest's 30 whole slots
+        groups = mask[0].view(-1, 4)
+        assert torch.all(groups.all(1) | ~groups.any(1))  # aligned spans
+        counts.add(int(groups.all(1).sum()))
+    assert counts == {18, 19}  # int(0.15 * 121 + U) = 18 or 19
 
 
 def test_span_mask_refuses_utterances_shorter_than_a_span():

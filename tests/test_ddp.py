@@ -11,7 +11,6 @@ import test_asr_recipe
 import test_slurp_recipe
 import test_voxceleb_recipe
 from conftest import PROBE_LAYERS, REPO, run_recipe
-from demo_overrides import demo_encoder_override
 
 IEMOCAP = REPO / "recipes/IEMOCAP/EmotionRecognition"
 
@@ -28,8 +27,7 @@ def test_probe_ddp_two_processes_match_single_process(demo_data, pretrained_demo
     ranks see a different shuffle than the single process)."""
     pretrained = pretrained_demo("summarymixing")
     common = [
-        "hparams/linear.yaml", "--mixer=summarymixing",
-        demo_encoder_override("summarymixing", PROBE_LAYERS),
+        "hparams/linear.yaml",
         f"--pretrained_path={pretrained / 'save'}",
         f"--data_folder={demo_data / 'IEMOCAP_full_release'}",
         "--test_spk_id=1", "--number_of_epochs=3",

@@ -7,7 +7,6 @@ import re
 
 import pytest
 from conftest import PROBE_LAYERS, REPO, load_script, run_recipe
-from demo_overrides import demo_encoder_override
 
 RECIPE = REPO / "recipes/IEMOCAP/EmotionRecognition"
 iemocap_prepare = load_script(RECIPE / "iemocap_prepare.py", "iemocap_prepare")
@@ -29,8 +28,6 @@ def probe(demo_data, pretrained, out, mixer="summarymixing", probe_yaml="linear"
         RECIPE,
         [
             f"hparams/{probe_yaml}.yaml",
-            f"--mixer={mixer}",
-            demo_encoder_override(mixer, PROBE_LAYERS),
             f"--pretrained_path={pretrained / 'save'}",
             f"--data_folder={demo_data / 'IEMOCAP_full_release'}",
             f"--experiment_folder={out}",
@@ -98,10 +95,10 @@ def test_cross_validation_end_to_end(demo_data, pretrained_demo, tmp_path):
 
 def test_other_mixer_checkpoint_refused(demo_data, pretrained_demo, tmp_path):
     proc = probe(demo_data, pretrained_demo("summarymixing"), tmp_path / "x",
-                 mixer="fastformer", check=False)
+                 extra=["--mixer=fastformer"], check=False)
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr  # SpeechBrain logs the traceback
-    assert re.search(r"ValueError: .*mixer: checkpoint 'summarymixing' vs this model 'fastformer'",
+    assert re.search(r"ValueError: .*holds a 'summarymixing' encoder, but mixer='fastformer' was asked for",
                      output), output[-3000:]
 
 

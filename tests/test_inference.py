@@ -24,17 +24,17 @@ from speechbrain.processing.features import InputNormalization
 import lobes.mixers.mamba
 from lobes.encoder import ConformerEncoder
 from lobes.dataio import load_audio
-from lobes.export import encoder_definition, export_encoder, read_hparams
+from lobes.export import export_encoder
 from lobes.export import main as export_main
 from lobes.extract import main as extract_main
 from lobes.inference import BestRQEncoder
-from lobes.pretrained import load_pretrained
+from lobes.pretrained import build_encoder, load_pretrained
 
 ATOL = 1e-5
 LINEAR_MIXERS = ["hypermixing", "fastformer", "summarymixing", "mamba"]
 TINY_MIXER_KWARGS = {
     "hypermixing": {"hypernet_size": 32},
-    "summarymixing": {"local_proj_hid_dim": [32], "summary_hid_dim": [32]},
+    "summarymixing": {"local_proj_hid_dim": [32], "local_proj_out_dim": 16, "summary_hid_dim": [32]},
     "mamba": {"d_state": 4, "d_conv": 4, "expand": 2},
     "fastformer": {},
 }
@@ -114,19 +114,21 @@ def test_round_trip_train_export_load_equals_training_encoder(exported, demo_wav
     want = sum(w * h for w, h in zip(weights, both.hidden_states))
     torch.testing.assert_close(both.weighted_sum, want, atol=1e-5, rtol=0)
 
-    # Exporting one CKPT+ folder finds the run's hyperparams.yaml too.
-    ckpt = next((run / "save").glob("CKPT+*"))
-    again = export_encoder(ckpt, None, tmp_path / "again")
+    # Exporting one CKPT+ folder (the checkpoint alone) writes the same YAML.
+    ckpt = max((run / "save").glob("CKPT+*"))
+    again = export_encoder(ckpt, tmp_path / "again")
     assert (again / "hyperparams.yaml").read_text().split("\n", 3)[3] == (
         folder / "hyperparams.yaml").read_text().split("\n", 3)[3]
 
-    # The exported folder is a pretrained_path for the probes, too.
-    probe_encoder = ConformerEncoder("summarymixing", **demo_encoder_args("summarymixing"))
+    # The exported folder is a pretrained_path for the probes, too: they
+    # rebuild the encoder from it alone.
+    probe_encoder = build_encoder(folder)
+    assert probe_encoder.config["mixer"] == "summarymixing"
     load_pretrained(folder, probe_encoder, InputNormalization())
 
     # The model card.
     card = (folder / "README.md").read_text()
-    steps = yaml.safe_load(next((run / "save").glob("CKPT+*/CKPT.yaml")).read_text())["steps"]
+    steps = max(yaml.safe_load(c.read_text())["steps"] for c in (run / "save").glob("CKPT+*/CKPT.yaml"))
     n_params = sum(p.numel() for p in probe_encoder.parameters())
     for text in ("summarymixing", f"| layers | {PROBE_LAYERS} |", "| width (d_model) | 88 |",
                  f"({n_params})", f"| pretraining steps | {steps} |", "train.csv"):
@@ -181,8 +183,8 @@ def test_mismatched_model_folder_is_refused(exported, tmp_path):
     other_width = tmp_path / "other_width"
     shutil.copytree(folder, other_width)
     text = (other_width / "hyperparams.yaml").read_text()
-    assert "\nd_model: 88\n" in text
-    (other_width / "hyperparams.yaml").write_text(text.replace("\nd_model: 88\n", "\nd_model: 96\n"))
+    assert "\n  d_model: 88\n" in text
+    (other_width / "hyperparams.yaml").write_text(text.replace("\n  d_model: 88\n", "\n  d_model: 96\n"))
     with pytest.raises(ValueError, match="d_model: checkpoint 88 vs this model 96"):
         cpu_encoder(other_width)
 
@@ -190,28 +192,31 @@ def test_mismatched_model_folder_is_refused(exported, tmp_path):
     with pytest.raises(ValueError, match="d_model: checkpoint 88 vs this model 64"):
         load_pretrained(folder, ConformerEncoder("summarymixing", **{**args, "d_model": 64}))
 
-    # export with a YAML that does not define the checkpoint's encoder
-    with pytest.raises(ValueError, match="does not define the encoder"):
-        export_encoder(folder, REPO / "hparams/encoder_summarymixing.yaml", tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         cpu_encoder(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="lobes.export"):
         cpu_encoder(tmp_path)  # a folder without hyperparams.yaml
 
 
-def test_export_from_recipe_yaml_with_overrides(tmp_path):
-    """A recipe YAML (with its placeholders) and size overrides also define
-    the encoder; the exported YAML carries the actual sizes."""
+def test_export_needs_nothing_but_the_checkpoint(tmp_path):
+    """Every constructor argument is in the checkpoint: the exported YAML
+    carries them all (no YAML read), and rebuilds the encoder exactly."""
     args = tiny_args("summarymixing")
-    ckpt = make_checkpoint(tmp_path / "CKPT+x", ConformerEncoder("summarymixing", **args))
-    recipe_yaml = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear/hparams/bestrq_summarymixing.yaml"
-    folder = export_encoder(ckpt, recipe_yaml, tmp_path / "model", {"encoder_hparams": args})
-    exported = encoder_definition(read_hparams(folder / "hyperparams.yaml"))
-    assert {k: exported[k] for k in args} == args
-    assert exported["positional_encoding"] == "absolute"
+    encoder = ConformerEncoder("summarymixing", **args)
+    ckpt = make_checkpoint(tmp_path / "CKPT+x", encoder)
+    folder = export_encoder(ckpt, tmp_path / "model")
+    text = (folder / "hyperparams.yaml").read_text()
+    exported = yaml.safe_load(text.split("\nencoder:")[0])
+    assert exported["encoder_config"] == encoder.config
     assert "pretraining data | unknown" in (folder / "README.md").read_text()
-    with pytest.raises(FileNotFoundError, match="hyperparams.yaml"):
-        export_encoder(ckpt, None, tmp_path / "no_yaml")
+    assert cpu_encoder(folder).mods.encoder.config == encoder.config
+    old = tmp_path / "CKPT+old"  # a checkpoint without the full record
+    make_checkpoint(old, encoder)
+    state = torch.load(old / "model.ckpt")
+    state["0._extra_state"] = {k: v for k, v in state["0._extra_state"].items() if k != "init"}
+    torch.save(state, old / "model.ckpt")
+    with pytest.raises(ValueError, match="does not describe its encoder completely"):
+        export_encoder(old, tmp_path / "old_model")
 
 
 def make_checkpoint(folder, encoder):
@@ -238,7 +243,7 @@ def test_long_input_linear_mixers(mixer, tmp_path):
     """Two minutes of audio in one pass, no chunking."""
     args = tiny_args(mixer)
     ckpt = make_checkpoint(tmp_path / "CKPT+x", ConformerEncoder(mixer, **args))
-    folder = export_encoder(ckpt, REPO / f"hparams/encoder_{mixer}.yaml", tmp_path / "model", args)
+    folder = export_encoder(ckpt, tmp_path / "model")
     encoder = cpu_encoder(folder)
     seconds = 120
     t = torch.arange(seconds * 16000) / 16000
@@ -293,8 +298,8 @@ def test_mamba_checkpoint_from_the_cuda_kernel_path_runs_on_cpu(tmp_path, monkey
     monkeypatch.undo()  # from here on: a CPU machine without mamba-ssm
 
     with pytest.raises(ImportError, match="mamba-ssm"):
-        ConformerEncoder("mamba", **args)  # why export rewrites the backend
-    folder = export_encoder(ckpt, REPO / "hparams/encoder_mamba.yaml", tmp_path / "model", args)
+        ConformerEncoder("mamba", **args)  # why build_encoder rewrites the backend
+    folder = export_encoder(ckpt, tmp_path / "model")
     assert "backend: auto" in (folder / "hyperparams.yaml").read_text()
     out = cpu_encoder(folder).encode_batch(wavs, lens)
     for got, want in zip(out.hidden_states, kernel_hidden):

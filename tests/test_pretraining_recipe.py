@@ -13,22 +13,23 @@ import soundfile as sf
 import torch
 import yaml
 from conftest import REPO, run_recipe
-from demo_overrides import demo_overrides
+from hyperpyyaml import load_hyperpyyaml
+from demo_overrides import demo_encoder_override, demo_overrides
 
 RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear"
 MIXERS = ["mhsa", "hypermixing", "fastformer", "summarymixing", "mamba"]
 
 
-def pretrain(demo_data, out, mixer, epochs, extra=(), check=True, encoder_extra=""):
+def pretrain(demo_data, out, mixer, epochs, extra=(), check=True, encoder_extra="", yaml_of=None):
     overrides = demo_overrides(mixer, epochs=epochs, layers=2)
     replaced = {e.split("=")[0] for e in extra}
     overrides = [o for o in overrides if o.split("=")[0] not in replaced]
-    if encoder_extra:  # more keys in the --encoder_hparams={...} override
+    if encoder_extra:  # more keys in the --encoder_overrides={...} override
         overrides[0] = overrides[0].replace("={", "={" + encoder_extra + ", ", 1)
     return run_recipe(
         RECIPE,
         [
-            f"hparams/bestrq_{mixer}.yaml",
+            f"hparams/bestrq_{yaml_of or mixer}.yaml",
             f"--data_folder={demo_data / 'LibriSpeech'}",
             f"--output_folder={out}",
             *overrides,
@@ -97,10 +98,28 @@ def test_bad_inputs_give_clear_errors(demo_data, tmp_path):
     # unknown mixer name
     proc = pretrain(
         demo_data, tmp_path / "bad_mixer", "fastformer", epochs=1,
-        encoder_extra="mixer: fastformers", check=False,
+        extra=["--mixer=fastformers"], check=False,
     )
     assert proc.returncode != 0
     assert "Unknown token mixer 'fastformers'" in proc.stdout + proc.stderr
+
+    # misspelt keys inside the encoder's overrides and inside a dict override
+    proc = pretrain(demo_data, tmp_path / "typo", "fastformer", epochs=1,
+                    encoder_extra="num_layerz: 4", check=False)
+    assert proc.returncode != 0
+    assert "Unknown encoder argument(s) num_layerz. Valid arguments: mixer, num_layers" in proc.stderr
+    assert not (tmp_path / "typo").exists()  # refused before anything is written
+    proc = pretrain(demo_data, tmp_path / "typo2", "fastformer", epochs=1, check=False,
+                    extra=["--dynamic_batch_sampler={max_batch_lenght: 30}"])
+    assert proc.returncode != 0
+    assert "has no key 'max_batch_lenght'. Its keys: max_batch_length, num_buckets" in proc.stderr
+
+    # the YAML of another recipe
+    probe_yaml = REPO / "recipes/SLURP/IntentClassification/hparams/linear.yaml"
+    proc = run_recipe(RECIPE, [probe_yaml, f"--data_folder={tmp_path}", f"--pretrained_path={tmp_path}"],
+                      check=False)
+    assert proc.returncode != 0
+    assert f"{probe_yaml} is not a YAML of this recipe: it lacks train_splits" in proc.stderr
 
     # missing data folder
     proc = run_recipe(
@@ -127,6 +146,35 @@ def test_bad_inputs_give_clear_errors(demo_data, tmp_path):
     proc = pretrain(demo_data, bad, "fastformer", epochs=1, extra=["--skip_prep=True"], check=False)
     assert proc.returncode != 0
     assert f"Cannot read audio file {corrupt}" in proc.stdout + proc.stderr
+
+
+def test_the_mixer_hyperparameter_selects_the_encoder_and_the_run_records_it(demo_data, tmp_path):
+    """bestrq_summarymixing.yaml --mixer=fastformer trains a Fastformer; the
+    run's hyperparams.yaml, encoder.yaml and checkpoint all describe it, the
+    saved hyperparams.yaml rebuilds it (strict load), the export needs nothing
+    but the checkpoint, and a restart with other sizes is refused without
+    touching the folder."""
+    out = tmp_path / "ff"
+    pretrain(demo_data, out, "fastformer", epochs=1, yaml_of="summarymixing",
+             extra=["--mixer=fastformer"])
+    state = torch.load(latest_ckpt(out) / "model.ckpt")
+    config = state["0._extra_state"]
+    assert config["mixer"] == "fastformer" and config["num_layers"] == 2
+    assert yaml.safe_load((out / "encoder.yaml").read_text()) == config
+    hparams_text = (out / "hyperparams.yaml").read_text()
+    with open(out / "hyperparams.yaml") as fin:
+        saved = load_hyperpyyaml(fin)
+    assert saved["encoder"].config == config
+    saved["encoder"].load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("0.")})
+    exported = yaml.safe_load((out / "encoder" / "hyperparams.yaml").read_text().split("\nencoder:")[0])
+    assert exported["encoder_config"] == config
+
+    wider = demo_encoder_override("fastformer", 2).replace("d_model: 104", "d_model: 48")
+    proc = pretrain(demo_data, out, "fastformer", epochs=1, yaml_of="summarymixing",
+                    extra=["--mixer=fastformer", wider], check=False)
+    assert proc.returncode != 0
+    assert "holds a run of another encoder (d_model: 104 there, 48 now)" in proc.stderr
+    assert (out / "hyperparams.yaml").read_text() == hparams_text  # nothing changed
 
 
 @pytest.mark.slow

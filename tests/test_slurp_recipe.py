@@ -9,7 +9,6 @@ import shutil
 import pytest
 import torch
 from conftest import PROBE_LAYERS, REPO, load_script, run_recipe
-from demo_overrides import demo_encoder_override
 
 RECIPE = REPO / "recipes/SLURP/IntentClassification"
 MIXERS = ["mhsa", "hypermixing", "fastformer", "summarymixing", "mamba"]
@@ -29,11 +28,9 @@ def probe_args(hparams, mixer, pretrained, data, out, epochs=1, extra=()):
     """Command line of a demo-size probe run on ``pretrained``."""
     return [
         f"hparams/{hparams}.yaml",
-        f"--mixer={mixer}",
         f"--data_folder={data}",
         f"--pretrained_path={pretrained / 'save'}",
         f"--output_folder={out}",
-        demo_encoder_override(mixer, PROBE_LAYERS),
         f"--number_of_epochs={epochs}",
         "--n_scenarios=4",
         *(["--lstm_hidden=32"] if hparams == "bilstm" else []),
@@ -131,10 +128,11 @@ def test_linear_probe_end_to_end(demo_data, pretrained_demo, tmp_path):
 def test_other_mixer_checkpoint_refused(demo_data, pretrained_demo, tmp_path):
     pretrained = pretrained_demo("summarymixing")
     args = probe_args("linear", "fastformer", pretrained, demo_data / "SLURP", tmp_path / "p")
+    args.append("--mixer=fastformer")
     proc = run_recipe(RECIPE, args, check=False)
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr  # SpeechBrain logs the traceback
-    assert re.search(r"ValueError: .*mixer: checkpoint 'summarymixing' vs this model 'fastformer'",
+    assert re.search(r"ValueError: .*holds a 'summarymixing' encoder, but mixer='fastformer' was asked for",
                      output), output[-3000:]
 
 

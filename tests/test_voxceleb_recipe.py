@@ -6,7 +6,6 @@ import re
 
 import pytest
 from conftest import PROBE_LAYERS, REPO, load_script, run_recipe
-from demo_overrides import demo_encoder_override
 
 RECIPE = REPO / "recipes/VoxCeleb/SpeakerVerification"
 voxceleb_prepare = load_script(RECIPE / "voxceleb_prepare.py", "voxceleb_prepare")
@@ -34,8 +33,6 @@ def probe_args(demo_data, pretrained, out, mixer="summarymixing", probe_yaml="ec
     """Command line of a demo-size probe run on ``pretrained``."""
     return [
         f"hparams/{probe_yaml}.yaml",
-        f"--mixer={mixer}",
-        demo_encoder_override(mixer, PROBE_LAYERS),
         f"--pretrained_path={pretrained / 'save'}",
         f"--data_folder={demo_data / 'VoxCeleb1'}",
         f"--output_folder={out}",

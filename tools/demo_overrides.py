@@ -5,14 +5,16 @@ end-to-end tests: a small encoder (same mixer, same code), a short schedule
 and small dynamic batches, so that pretraining runs in minutes on a CPU.
 
 Example: ``python tools/demo_overrides.py summarymixing --epochs 3``
-prints ``--encoder_hparams={...}``, ``--number_of_epochs=3``, ... one per line.
+prints ``--encoder_overrides={...}``, ``--number_of_epochs=3``, ... one per
+line. The probes need none of it: they rebuild the encoder from its
+checkpoint.
 """
 
 import argparse
 
 # Mixer-specific sizes of the demo encoder (the paper's ratios, ~1/6 width).
 DEMO_MIXER_KWARGS = {
-    "summarymixing": "{local_proj_hid_dim: [192], summary_hid_dim: [192]}",
+    "summarymixing": "{local_proj_hid_dim: [88], local_proj_out_dim: 88, summary_hid_dim: [176]}",
     "hypermixing": "{hypernet_size: 256}",
     "mamba": "{d_state: 8, d_conv: 4, expand: 2}",
 }
@@ -27,13 +29,13 @@ DEMO_WIDTH = {
 
 
 def demo_encoder_override(mixer, layers=3):
-    """The ``--encoder_hparams={...}`` override of the demo-size encoder: the
-    same for pretraining and for the probes that load it."""
+    """The ``--encoder_overrides={...}`` override of the demo-size encoder
+    (same mixer and code as the paper's, smaller)."""
     nhead = 1 if mixer in ("summarymixing", "mamba") else 4
     return (
-        f"--encoder_hparams={{num_layers: {layers}, d_model: {DEMO_WIDTH[mixer]}, "
-        f"d_ffn: 256, kernel_size: 15, dropout: 0.0, nhead: {nhead}, "
-        f"mixer_kwargs: {DEMO_MIXER_KWARGS.get(mixer, '{}')}}}"
+        f"--encoder_overrides={{num_layers: {layers}, d_model: {DEMO_WIDTH[mixer]}, "
+        f"d_ffn: 256, kernel_size: 15, dropout: 0.0, layerdrop_prob: 0.0, "
+        f"nhead: {nhead}, mixer_kwargs: {DEMO_MIXER_KWARGS.get(mixer, '{}')}}}"
     )
 
 
@@ -42,6 +44,7 @@ def demo_overrides(mixer, epochs=25, layers=3):
     return [
         demo_encoder_override(mixer, layers),
         f"--number_of_epochs={epochs}",
+        "--precision=fp32",
         "--train_splits=[train-clean-100]",
         "--dev_splits=[dev-clean]",
         "--lr=0.002",

@@ -19,8 +19,7 @@ fi
 # Probe folders from an earlier demo belong to an earlier encoder: start afresh.
 rm -rf "$RESULTS/demo_asr_bilstm_$MIXER" "$RESULTS/demo_voxceleb_ecapa_$MIXER" \
     "$RESULTS/demo_iemocap_linear_$MIXER" "$RESULTS/demo_slurp_linear_$MIXER"
-SIZE=$("$PY" "$ROOT/tools/demo_overrides.py" "$MIXER" | sed -n 1p)  # the demo encoder's size
-COMMON=(--mixer="$MIXER" "$SIZE" --pretrained_path="$PRETRAINED/save")
+COMMON=(--pretrained_path="$PRETRAINED/save")  # the encoder comes from it
 
 echo "== LibriSpeech ASR (BiLSTM + CTC)"
 cd "$ROOT/recipes/LibriSpeech/ASR/MP3S"

@@ -12,7 +12,7 @@ its accuracy goes to ``<output_folder>/test_accuracy.txt``.
 
 One fold:
 
-    python train.py hparams/linear.yaml --mixer=summarymixing --test_spk_id=1 \\
+    python train.py hparams/linear.yaml --test_spk_id=1 \\
         --data_folder=/path/to/IEMOCAP_full_release \\
         --pretrained_path=/path/to/bestrq_summarymixing/1000/save
 
@@ -36,9 +36,11 @@ from speechbrain.utils.logger import get_logger
 from lobes.dataio import load_audio
 from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain
-from lobes.recipe import load_recipe_hparams
+from lobes.recipe import load_hparams, record_encoder
 
 logger = get_logger(__name__)
+# Keys every YAML of this recipe defines (another recipe's YAML is refused).
+REQUIRED_KEYS = ("pretrained_path", "weighted_ssl", "cv_folds", "test_spk_id", "n_classes")
 
 
 class EmotionBrain(ProbeBrain):
@@ -143,12 +145,13 @@ def run_fold(argv):
     """Trains and tests one fold (``argv``: the command-line arguments)."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
-    hparams, _ = load_recipe_hparams(hparams_file, overrides)
+    hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    record_encoder(hparams)
 
     from iemocap_prepare import prepare_iemocap  # noqa: E402
 
@@ -194,8 +197,8 @@ def run_all_folds(argv):
     argv = [a for a in argv if not a.startswith("--test_spk_id=")]
     hparams_file, _, overrides = sb.parse_arguments(argv)
     with tempfile.TemporaryDirectory() as tmp:  # no checkpoint folder of a fold
-        hparams, _ = load_recipe_hparams(
-            hparams_file, f"{overrides or ''}\nsave_folder: {tmp}\n"
+        hparams, _ = load_hparams(
+            hparams_file, f"{overrides or ''}\nsave_folder: {tmp}\n", REQUIRED_KEYS
         )
     experiment = hparams["experiment_folder"]
     accuracies = {}

@@ -19,7 +19,7 @@ best checkpoint (lowest scenario error) is tested.
 
 To run this recipe::
 
-    python train.py hparams/linear.yaml --mixer=summarymixing \\
+    python train.py hparams/linear.yaml \\
         --data_folder=/path/to/slurp \\
         --pretrained_path=/path/to/bestrq_summarymixing/1000/save
 
@@ -36,10 +36,12 @@ from speechbrain.utils.logger import get_logger
 from lobes.dataio import load_audio
 from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain
-from lobes.recipe import load_recipe_hparams
+from lobes.recipe import load_hparams, record_encoder
 
 TASKS = ("scenario", "intent")
 logger = get_logger(__name__)
+# Keys every YAML of this recipe defines (another recipe's YAML is refused).
+REQUIRED_KEYS = ("pretrained_path", "weighted_ssl", "n_scenarios", "n_intents", "scenario_head")
 
 
 class IntentBrain(ProbeBrain):
@@ -188,12 +190,13 @@ def add_heads(hparams, encoders):
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
-    hparams, _ = load_recipe_hparams(hparams_file, overrides)
+    hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    record_encoder(hparams)
 
     from slurp_prepare import prepare_slurp  # noqa: E402
 

@@ -12,7 +12,7 @@ written to ``<output_folder>/verification.txt`` and ``train_log.txt``.
 
 To run this recipe:
 
-    python train.py hparams/ecapa.yaml --mixer=summarymixing \\
+    python train.py hparams/ecapa.yaml \\
         --data_folder=/path/to/VoxCeleb1 \\
         --pretrained_path=/path/to/bestrq_summarymixing/1000/save
 
@@ -33,9 +33,11 @@ from speechbrain.utils.metric_stats import EER, minDCF
 from lobes.dataio import load_audio
 from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain
-from lobes.recipe import load_recipe_hparams
+from lobes.recipe import load_hparams, record_encoder
 
 logger = get_logger(__name__)
+# Keys every YAML of this recipe defines (another recipe's YAML is refused).
+REQUIRED_KEYS = ("pretrained_path", "weighted_ssl", "verification_file", "sentence_len", "embedding_model")
 
 
 class SpeakerBrain(ProbeBrain):
@@ -199,12 +201,13 @@ def dataio_prepare(hparams):
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
-    hparams, _ = load_recipe_hparams(hparams_file, overrides)
+    hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    record_encoder(hparams)
 
     from voxceleb_prepare import prepare_voxceleb, read_trials  # noqa: E402
 

@@ -33,7 +33,7 @@ equal windows of at most ``max_segment_duration`` seconds over the whole
 file (a warning says how many files this happened to).
 
 Validation: the LibriLight recipe validates on LibriSpeech ``dev-clean``,
-prepared by ``librispeech_prepare.py`` (LibriLight has no dev split of its
+prepared by ``lobes.librispeech_prepare`` (LibriLight has no dev split of its
 own; its speakers exclude LibriSpeech's dev/test speakers).
 
 Authors

@@ -19,24 +19,26 @@ Authors
 import sys
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from lobes.pretraining import BestRQBrain, dataio_prepare
 from lobes.export import export_encoder
+from lobes.recipe import load_hparams, record_encoder
+
+# Keys every YAML of this recipe defines (another recipe's YAML is refused).
+REQUIRED_KEYS = ("train_splits", "valid_data_folder", "max_segment_duration", "mask_prob", "quantizer", "head")
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
 
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-
+    hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    record_encoder(hparams)
 
     from librilight_prepare import prepare_librilight  # noqa: E402
     from lobes.librispeech_prepare import prepare_librispeech

@@ -21,7 +21,7 @@ with a KenLM n-gram, ``kenlm_model_path``). WER details go to
 
 To run this recipe::
 
-    python train.py hparams/bilstm_ctc.yaml --mixer=summarymixing \\
+    python train.py hparams/bilstm_ctc.yaml \\
         --data_folder=/path/to/LibriSpeech \\
         --pretrained_path=/path/to/bestrq_summarymixing/1000/save
 
@@ -42,9 +42,11 @@ from speechbrain.utils.logger import get_logger
 from lobes.dataio import load_audio
 from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain
-from lobes.recipe import load_recipe_hparams
+from lobes.recipe import load_hparams, record_encoder
 
 logger = get_logger(__name__)
+# Keys every YAML of this recipe defines (another recipe's YAML is refused).
+REQUIRED_KEYS = ("pretrained_path", "weighted_ssl", "train_splits", "test_splits", "output_neurons", "ctc_lin")
 
 
 class ASRProbe(ProbeBrain):
@@ -244,12 +246,13 @@ def make_test_searcher(hparams, label_encoder):
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
-    hparams, _ = load_recipe_hparams(hparams_file, overrides)
+    hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    record_encoder(hparams)
 
     from lobes.librispeech_prepare import prepare_librispeech
 
