@@ -30,6 +30,28 @@ from lobes.training import CPUDistributedMixin, EpochSeededBatchesMixin
 logger = get_logger(__name__)
 
 
+def checkpoint_to_test(which, metric):
+    """Checkpointer arguments that recover the model a probe is tested with
+    (``test_checkpoint`` in the YAML): ``last``, the latest epoch, or
+    ``best``, the lowest validation ``metric``.
+
+    Example
+    -------
+    >>> checkpoint_to_test("best", "WER"), checkpoint_to_test("last", "WER")
+    ({'min_key': 'WER'}, {})
+    >>> checkpoint_to_test("final", "WER")
+    Traceback (most recent call last):
+    ...
+    ValueError: test_checkpoint: 'final' in the YAML; use last ...
+    """
+    if which not in ("last", "best"):
+        raise ValueError(
+            f"test_checkpoint: {which!r} in the YAML; use last (the model of "
+            f"the last epoch) or best (the lowest validation {metric})."
+        )
+    return {"min_key": metric} if which == "best" else {}
+
+
 class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
     """MP3S probe on a frozen encoder.
 
@@ -41,8 +63,16 @@ class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
     """
 
     def encode(self, wavs, wav_lens):
-        """Waveforms (B, S) to the weighted layer sum (B, T', D)."""
+        """Waveforms (B, S) to the weighted layer sum (B, T', D).
+
+        The encoder masks the padded frames of a batch (``wav_lens``);
+        ``encoder_padding_mask: False`` in the YAML gives it no lengths, as
+        MP3S calls its SSL models, so that it sees the padding as signal
+        and an utterance's features depend on its batch.
+        """
         feats = self.hparams.compute_features(wavs)
+        if not getattr(self.hparams, "encoder_padding_mask", True):
+            wav_lens = None
         return self.modules.weighted_ssl(feats, wav_lens)
 
     def init_optimizers(self):

@@ -77,7 +77,9 @@ class IntentBrain(ProbeBrain):
         wavs, wav_lens = batch.sig
         feats = self.encode(wavs, wav_lens)  # (B, T', D)
         if "rnn" in self.modules:
-            feats, _ = self.modules.rnn(feats, lengths=wav_lens)
+            # packed by length (pack_lstm: True), or padded as in MP3S
+            lengths = wav_lens if self.hparams.pack_lstm else None
+            feats, _ = self.modules.rnn(feats, lengths=lengths)
             feats = self.modules.rnn_proj(feats)
         pooled = self.hparams.mean_pool(feats, wav_lens)  # (B, 1, D)
         return {

@@ -36,7 +36,7 @@ from speechbrain.utils.metric_stats import EER, minDCF
 
 from lobes.dataio import load_audio
 from lobes.pretrained import load_pretrained
-from lobes.probing import ProbeBrain
+from lobes.probing import ProbeBrain, checkpoint_to_test
 from lobes.recipe import load_recipe_hparams
 
 logger = get_logger(__name__)
@@ -107,7 +107,7 @@ class SpeakerBrain(ProbeBrain):
         """Cosine-scores ``trials`` [(label, enrol ID, test ID)] with the
         ``test_checkpoint`` model; returns (EER, minDCF) as fractions."""
         self.checkpointer.recover_if_possible(
-            **test_checkpoint_key(self.hparams.test_checkpoint)
+            **checkpoint_to_test(self.hparams.test_checkpoint, "error_rate")
         )
         opts = self.hparams.embed_dataloader_opts
         embeddings = self.embed_dataset(enrol_data, opts)
@@ -135,28 +135,6 @@ class SpeakerBrain(ProbeBrain):
             torch.tensor(positive), torch.tensor(negative), p_target=p_target
         )
         return float(eer), float(min_dcf)
-
-
-def test_checkpoint_key(which):
-    """Checkpointer arguments that recover the ``test_checkpoint`` model:
-    ``last`` (the latest epoch, what MP3S scores) or ``best`` (lowest dev
-    error).
-
-    Example
-    -------
-    >>> test_checkpoint_key("best")
-    {'min_key': 'error_rate'}
-    >>> test_checkpoint_key("final")
-    Traceback (most recent call last):
-    ...
-    ValueError: test_checkpoint: 'final' in the YAML; use last ...
-    """
-    if which not in ("last", "best"):
-        raise ValueError(
-            f"test_checkpoint: {which!r} in the YAML; use last (MP3S: the "
-            "model of the last epoch) or best (the lowest dev error)."
-        )
-    return {"min_key": "error_rate"} if which == "best" else {}
 
 
 def add_classifier(hparams):
@@ -258,7 +236,7 @@ if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, _ = load_recipe_hparams(hparams_file, overrides)
-    test_checkpoint_key(hparams["test_checkpoint"])  # a typo fails now, not after training
+    checkpoint_to_test(hparams["test_checkpoint"], "error_rate")  # a typo fails now
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
