@@ -4,7 +4,6 @@ n-gram LM decoding: a demo LM (tools/make_ngram_lm.py), refused without the
 ``kenlm`` package, used by the beam search with it."""
 
 import csv
-import math
 import os
 import re
 from collections import defaultdict
