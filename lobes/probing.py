@@ -9,7 +9,9 @@ recipes share lives here:
 * two optimizers as in MP3S: ``model_opt_class`` for the probe
   (``hparams.model``) and ``weights_opt_class`` (lr 0.01) for the layer
   weights, both checkpointed; no encoder parameter is ever optimised;
-* ``anneal``: NewBob annealing of both learning rates on a validation metric;
+* ``anneal``: annealing of both learning rates after each validation, by
+  the YAML's schedulers (NewBob on a validation metric in most MP3S tasks,
+  linear by epoch for the VoxCeleb probe, none for its layer weights);
 * ``layer_weights_summary``: the learned weights, logged each epoch.
 
 Recipes subclass it with ``compute_forward``/``compute_objectives`` and
@@ -20,12 +22,34 @@ Authors
 """
 
 import speechbrain as sb
-from speechbrain.nnet.schedulers import update_learning_rate
+from speechbrain.nnet.schedulers import NewBobScheduler, update_learning_rate
 from speechbrain.utils.logger import get_logger
 
 from lobes.training import CPUDistributedMixin, EpochSeededBatchesMixin
 
 logger = get_logger(__name__)
+
+
+def checkpoint_to_test(which, metric):
+    """Checkpointer arguments that recover the model a probe is tested with
+    (``test_checkpoint`` in the YAML): ``last``, the latest epoch, or
+    ``best``, the lowest validation ``metric``.
+
+    Example
+    -------
+    >>> checkpoint_to_test("best", "WER"), checkpoint_to_test("last", "WER")
+    ({'min_key': 'WER'}, {})
+    >>> checkpoint_to_test("final", "WER")
+    Traceback (most recent call last):
+    ...
+    ValueError: test_checkpoint: 'final' in the YAML; use last ...
+    """
+    if which not in ("last", "best"):
+        raise ValueError(
+            f"test_checkpoint: {which!r} in the YAML; use last (the model of "
+            f"the last epoch) or best (the lowest validation {metric})."
+        )
+    return {"min_key": metric} if which == "best" else {}
 
 
 class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
@@ -34,12 +58,21 @@ class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
     Expects ``modules.weighted_ssl`` (``lobes.weighted_sum.WeightedLayerSum``)
     and hparams ``compute_features``, ``model`` (the probe's trainable
     modules), ``model_opt_class``, ``weights_opt_class``,
-    ``lr_annealing_model`` and ``lr_annealing_weights`` (NewBob schedulers).
+    ``lr_annealing_model`` and ``lr_annealing_weights`` (SpeechBrain
+    schedulers, see ``anneal``; ``null`` keeps a learning rate constant).
     """
 
     def encode(self, wavs, wav_lens):
-        """Waveforms (B, S) to the weighted layer sum (B, T', D)."""
+        """Waveforms (B, S) to the weighted layer sum (B, T', D).
+
+        The encoder masks the padded frames of a batch (``wav_lens``);
+        ``encoder_padding_mask: False`` in the YAML gives it no lengths, as
+        MP3S calls its SSL models, so that it sees the padding as signal
+        and an utterance's features depend on its batch.
+        """
         feats = self.hparams.compute_features(wavs)
+        if not getattr(self.hparams, "encoder_padding_mask", True):
+            wav_lens = None
         return self.modules.weighted_ssl(feats, wav_lens)
 
     def init_optimizers(self):
@@ -71,14 +104,38 @@ class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
                 "weights_optimizer", self.weights_optimizer
             )
 
-    def anneal(self, metric):
-        """NewBob-anneals both learning rates on a validation ``metric``
-        (lower is better); returns the stats to log."""
-        old_lr, new_lr = self.hparams.lr_annealing_model(metric)
-        old_lr_w, new_lr_w = self.hparams.lr_annealing_weights(metric)
-        update_learning_rate(self.model_optimizer, new_lr)
-        update_learning_rate(self.weights_optimizer, new_lr_w)
-        return {"lr_model": old_lr, "lr_weights": old_lr_w}
+    def anneal(self, metric, epoch=None):
+        """Anneals the probe's (``lr_annealing_model``) and the layer
+        weights' (``lr_annealing_weights``) learning rates after a
+        validation stage; returns the learning rates of the finished epoch,
+        to log.
+
+        A ``NewBobScheduler`` is called with the validation ``metric`` (lower
+        is better); any other scheduler (e.g. ``LinearScheduler``) with the
+        finished ``epoch``; a missing or ``null`` one keeps its learning rate.
+        """
+        lrs = {}
+        for name, optimizer in (
+            ("model", self.model_optimizer),
+            ("weights", self.weights_optimizer),
+        ):
+            scheduler = getattr(self.hparams, f"lr_annealing_{name}", None)
+            if scheduler is None:
+                lrs[f"lr_{name}"] = optimizer.param_groups[0]["lr"]
+                continue
+            if isinstance(scheduler, NewBobScheduler):
+                old_lr, new_lr = scheduler(metric)
+            elif epoch is None:
+                raise ValueError(
+                    f"lr_annealing_{name} ({type(scheduler).__name__}) is "
+                    "indexed by epoch, but this recipe anneals on a metric "
+                    "only: use a NewBobScheduler in the YAML."
+                )
+            else:
+                old_lr, new_lr = scheduler(epoch)
+            update_learning_rate(optimizer, new_lr)
+            lrs[f"lr_{name}"] = old_lr
+        return lrs
 
     def layer_weights_summary(self):
         """The learned softmax layer weights, rounded, as a list."""

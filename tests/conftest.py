@@ -140,3 +140,23 @@ def assert_run_rebuilds_its_encoder(run_folder, checkpoint):
         saved = load_hyperpyyaml(fin)
     saved["encoder"].load_state_dict(state)  # strict
     assert saved["encoder"].config == recorded
+
+
+def tiny_pretrained(folder, mixer="summarymixing"):
+    """An exported-encoder folder (encoder.ckpt, normalizer.ckpt) of a tiny
+    random encoder: a ``pretrained_path`` for tests that build a probe
+    without training anything."""
+    from speechbrain.processing.features import InputNormalization
+
+    from lobes.encoder import build_encoder
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    overrides = {"num_layers": 1, "d_model": 32, "d_ffn": 64, "kernel_size": 3}
+    if mixer == "summarymixing":
+        overrides["mixer_kwargs"] = {"local_proj_hid_dim": [16], "local_proj_out_dim": 16, "summary_hid_dim": [16]}
+    torch.save(build_encoder(mixer, overrides=overrides).state_dict(), folder / "encoder.ckpt")
+    norm = InputNormalization()
+    norm(torch.randn(2, 20, 80), torch.ones(2))
+    norm._save(folder / "normalizer.ckpt")
+    return folder

@@ -4,6 +4,7 @@ corpus, and the refusal of a checkpoint of another mixer."""
 
 import json
 import re
+import shutil
 
 import pytest
 from conftest import PROBE_LAYERS, REPO, load_script, run_recipe
@@ -62,6 +63,61 @@ def test_prepare_folds(demo_data, tmp_path):
     assert (tmp_path / "test.json").stat().st_mtime_ns == stamp
     prepare_iemocap(data, tmp_path, test_spk_id=1)
     assert {v["spk_id"] for v in json.loads((tmp_path / "test.json").read_text()).values()} == {1}
+
+
+def add_dialog(root, session, dialog, turns):
+    """Adds ``dialog`` to the IEMOCAP copy ``root``: one EmoEvaluation line
+    per ``(turn suffix, label)`` (e.g. ``("F000", "ang")``), each turn's audio
+    a copy of the first demo turn of that session."""
+    sess = root / f"Session{session}"
+    source = sorted((sess / "sentences/wav").rglob("*.wav"))[0]
+    lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+    for k, (suffix, label) in enumerate(turns):
+        turn = f"{dialog}_{suffix}"
+        wav = sess / "sentences/wav" / dialog / f"{turn}.wav"
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, wav)
+        lines += [f"[{k}.0000 - {k}.9000]\t{turn}\t{label}\t[2.5000, 2.5000, 2.5000]",
+                  "C-E1:\tNeutral;\t()", ""]
+    (sess / "dialog/EmoEvaluation" / f"{dialog}.txt").write_text("\n".join(lines))
+
+
+def test_mp3s_speaker_assignment(demo_data, tmp_path):
+    """``speaker_assignment: mp3s`` files turns as MP3S's load_session does:
+    the female turns of the dialogs whose name ends in a letter
+    (Ses03M_impro05a/05b/08b, Ses05M_script01_1b) go to the male speaker of
+    the session (6, 10), everything else as by turn name; the default keeps
+    each turn with its own speaker, so folds 5, 6, 9 and 10 differ."""
+    root = tmp_path / "IEMOCAP_full_release"
+    shutil.copytree(demo_data / "IEMOCAP_full_release", root)
+    for dialog in ("Ses03M_impro05a", "Ses03M_impro05b", "Ses03M_impro08b"):
+        add_dialog(root, 3, dialog, [("F000", "ang"), ("M001", "neu"), ("F002", "exc")])
+    add_dialog(root, 5, "Ses05M_script01_1b", [("F000", "sad"), ("M001", "hap")])
+    add_dialog(root, 2, "Ses02F_script02_1", [("F000", "neu"), ("M001", "sad")])
+    ours = iemocap_prepare.collect_turns(root)
+    mp3s = iemocap_prepare.collect_turns(root, "mp3s")
+    moved = {t: (ours[t][2], mp3s[t][2]) for t in ours if ours[t] != mp3s[t]}
+    assert moved == {
+        **{f"Ses03M_{d}_{f}": (5, 6) for d in ("impro05a", "impro05b", "impro08b")
+           for f in ("F000", "F002")},
+        "Ses05M_script01_1b_F000": (9, 10),
+    }
+    assert all(re.search(r"_F\d{3}$", t) for t in moved)
+    # MP3S's rule is right wherever the dialog name has no suffix letter
+    assert ours["Ses02F_script02_1_F000"][2] == mp3s["Ses02F_script02_1_F000"][2] == 3
+    # the folds: fold 5 tests on 6 more turns by turn name; fold 10 on one more with mp3s
+    for assignment, fold, extra in (("turn_name", 5, 6), ("mp3s", 6, 9), ("mp3s", 10, 2)):
+        out = tmp_path / f"{assignment}_{fold}"
+        prepare_iemocap(root, out, test_spk_id=fold, speaker_assignment=assignment)
+        test = json.loads((out / "test.json").read_text())
+        assert len(test) == 12 + extra, (assignment, fold, sorted(test))
+        assert {v["spk_id"] for v in test.values()} == {fold}
+    # the recorded options include the assignment: switching re-prepares
+    out = tmp_path / "mp3s_6"
+    prepare_iemocap(root, out, test_spk_id=6)
+    assert len(json.loads((out / "test.json").read_text())) == 12 + 3
+    with pytest.raises(ValueError, match="speaker_assignment: 'MP3S'"):
+        prepare_iemocap(root, out, test_spk_id=6, speaker_assignment="MP3S")
 
 
 def test_prepare_errors(demo_data, tmp_path):

@@ -108,7 +108,17 @@ def test_prepare_errors(demo_data, tmp_path):
 # ---------------------------------------------------------------------------
 # End to end
 # ---------------------------------------------------------------------------
+def head_shapes(out):
+    """Output sizes of the probe's heads in the last checkpoint (the linear
+    probe's ``model`` holds only its heads)."""
+    ckpt = sorted((out / "save").glob("CKPT+*"))[-1]
+    state = torch.load(ckpt / "model.ckpt", map_location="cpu")
+    return sorted(v.shape[0] for k, v in state.items() if k.endswith("weight"))
+
+
 def test_linear_probe_end_to_end(demo_data, pretrained_demo, tmp_path):
+    """Default (MP3S): one scenario head trained on the scenario loss only;
+    no intent head, label list or accuracy."""
     pretrained = pretrained_demo("summarymixing")
     out = tmp_path / "probe"
     run_recipe(
@@ -116,13 +126,42 @@ def test_linear_probe_end_to_end(demo_data, pretrained_demo, tmp_path):
         probe_args("linear", "summarymixing", pretrained, demo_data / "SLURP", out),
     )
     acc, text = read_test_results(out)
-    assert set(acc) == {"scenario", "intent"}, text
-    assert all(0.0 <= a <= 1.0 for a in acc.values())
+    assert set(acc) == {"scenario"}, text
+    assert 0.0 <= acc["scenario"] <= 1.0
     log = (out / "train_log.txt").read_text()
-    assert "valid scenario_accuracy" in log and "test intent_accuracy" in log
-    assert "layer_weights" in log
-    for task in ("scenario", "intent"):
-        assert (out / "save" / f"{task}_encoder.txt").is_file()
+    assert "valid scenario_accuracy" in log and "test scenario_accuracy" in log
+    assert "intent" not in log and "layer_weights" in log
+    assert (out / "save" / "scenario_encoder.txt").is_file()
+    assert not (out / "save" / "intent_encoder.txt").exists()
+    assert head_shapes(out) == [4]  # the 4 demo scenarios, nothing else trained
+
+
+def test_devel_and_test_keep_every_recording(demo_data, tmp_path):
+    """avoid_if_longer_than limits training only: devel and test are scored
+    on every recording (as MP3S), whatever the limit."""
+    prep = _prepare_module()
+    prep.prepare_slurp(demo_data / "SLURP", tmp_path)
+    train_py = load_script(RECIPE / "train.py", "slurp_train_under_test")
+    durations = {split: [float(r["duration"]) for r in read_csv(tmp_path / f"{split}.csv")]
+                 for split in prep.SPLITS}
+    limit = sorted(durations["train"])[len(durations["train"]) // 2]  # the median
+    assert max(durations["devel"]) > limit and max(durations["test"]) > limit
+    hparams = {
+        "train_csv": tmp_path / "train.csv", "valid_csv": tmp_path / "devel.csv",
+        "test_csv": tmp_path / "test.csv", "save_folder": tmp_path / "save",
+        "avoid_if_longer_than": limit, "sorting": "random", "sample_rate": 16000,
+        "tasks": ["scenario"], "train_dataloader_opts": {},
+    }
+    (tmp_path / "save").mkdir()
+    datasets, encoders = train_py.dataio_prepare(hparams)
+    assert len(datasets["valid"]) == len(durations["devel"]) == 40
+    assert len(datasets["test"]) == len(durations["test"]) == 40
+    assert len(datasets["train"]) == sum(d <= limit for d in durations["train"]) < 160
+    assert set(encoders) == {"scenario"} and len(encoders["scenario"]) == 4
+    hparams["avoid_if_longer_than"] = None
+    assert len(train_py.dataio_prepare(hparams)[0]["train"]) == 160
+    with pytest.raises(ValueError, match=r"tasks: \['intent'\].*\[scenario\]"):
+        train_py.check_tasks(["intent"])
 
 
 def test_other_mixer_checkpoint_refused(demo_data, pretrained_demo, tmp_path):
@@ -141,7 +180,8 @@ LEARN_EPOCHS = 12
 
 def test_probe_learns_intents(demo_data, pretrained_demo, tmp_path):
     """On the demo SLURP (4 scenarios: chance 25%, 8 intents), the linear
-    probe on a pretrained encoder fits the training set below the chance
+    probe with the joint loss (``tasks: [scenario, intent]``, two heads) on a
+    pretrained encoder fits the training set below the chance
     loss (ln 4 + ln 8 = 3.47), its best validation scenario accuracy is
     clearly above chance (0.45 is 3 standard deviations of a 40-recording
     guess), and the layer weights moved away from uniform. (The test-set
@@ -153,7 +193,7 @@ def test_probe_learns_intents(demo_data, pretrained_demo, tmp_path):
         RECIPE,
         probe_args(
             "linear", "summarymixing", pretrained, demo_data / "SLURP", out,
-            epochs=LEARN_EPOCHS, extra=["--lr=0.01"],
+            epochs=LEARN_EPOCHS, extra=["--lr=0.01", "--tasks=[scenario, intent]"],
         ),
     )
     log = (out / "train_log.txt").read_text()
@@ -164,6 +204,7 @@ def test_probe_learns_intents(demo_data, pretrained_demo, tmp_path):
     assert max(valid) >= 0.45, valid
     acc, text = read_test_results(out)
     assert set(acc) == {"scenario", "intent"}, text
+    assert head_shapes(out) == [4, 8]
     ckpt = sorted((out / "save").glob("CKPT+*"))[-1]
     weights = torch.load(ckpt / "weighted_ssl.ckpt", map_location="cpu")["weights"]
     softmax = torch.softmax(weights, 0)
@@ -179,4 +220,4 @@ def test_every_mixer_and_probe(demo_data, pretrained_demo, tmp_path, mixer, prob
     out = tmp_path / "probe"
     run_recipe(RECIPE, probe_args(probe, mixer, pretrained, demo_data / "SLURP", out))
     acc, text = read_test_results(out)
-    assert set(acc) == {"scenario", "intent"}, text
+    assert set(acc) == {"scenario"}, text

@@ -329,14 +329,14 @@ def speakers(rng, n):
 # ---------------------------------------------------------------------------
 # Bookkeeping
 # ---------------------------------------------------------------------------
-def _marker_text(seed):
-    return json.dumps({"version": VERSION, "seed": seed})
+def _marker_text(seed, version=VERSION):
+    return json.dumps({"version": version, "seed": seed})
 
 
-def is_complete(root, seed=0):
+def is_complete(root, seed=0, version=VERSION):
     """Whether the demo corpus at ``root`` was fully made (this version, seed)."""
     marker = Path(root) / MARKER
-    return marker.exists() and marker.read_text().strip() == _marker_text(seed)
+    return marker.exists() and marker.read_text().strip() == _marker_text(seed, version)
 
 
 def _write_flac(path, samples):
@@ -350,11 +350,13 @@ def _pool_map(fn, jobs):
         return list(pool.map(lambda job: fn(*job), jobs))
 
 
-def _build(root, seed, builder):
+def _build(root, seed, builder, version=VERSION):
     """Runs ``builder(tmp_root, seed)`` in a temporary sibling of ``root`` and
-    renames the result to ``root`` (replacing an outdated demo corpus)."""
+    renames the result to ``root`` (replacing an outdated demo corpus).
+    ``version``: a task's own version, to remake only that task's corpus
+    when its generator changes."""
     root = Path(root)
-    if is_complete(root, seed):
+    if is_complete(root, seed, version):
         return root
     if root.exists() and not (root / MARKER).exists() and any(root.iterdir()):
         raise FileExistsError(
@@ -366,9 +368,9 @@ def _build(root, seed, builder):
     tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         builder(tmp, seed)
-        (tmp / MARKER).write_text(_marker_text(seed))
+        (tmp / MARKER).write_text(_marker_text(seed, version))
         if root.exists():  # outdated version/seed, or an empty folder
-            if is_complete(root, seed):  # another process finished first
+            if is_complete(root, seed, version):  # another process finished first
                 return root
             shutil.rmtree(root)
         os.rename(tmp, root)

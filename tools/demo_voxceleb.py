@@ -11,11 +11,12 @@ makes it too)::
 as in VoxCeleb1 (speaker ids ``id1xxxx``, 11-character YouTube-like video
 ids, utterances ``00001.wav``...; trial paths relative to ``wav/``, label 1
 for a target trial). Each speaker is one espeak-ng voice (variant, accent,
-speed, pitch: ``demo_corpus.speakers``) saying 2-4 s sentences, two
-"videos" per speaker. 8 speakers are for training (8 utterances each) and
+speed, pitch: ``demo_corpus.speakers``) saying 4-7 s sentences (VoxCeleb1
+utterances last at least 4 s; the MP3S preparation cuts training utterances
+into one or two 3-s chunks), two "videos" per speaker. 8 speakers are for training (8 utterances each) and
 3 other speakers make the trial list (4 utterances each: every pair of their
 utterances, targets and non-targets), as the real trial list only holds the
-40 test speakers. About 4 minutes of audio, ~15 s to make on 2 cores.
+40 test speakers. About 7 minutes of audio, ~10 s to make on 2 cores.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -28,13 +29,14 @@ from pathlib import Path
 
 import soundfile as sf
 
-from demo_corpus import SAMPLE_RATE, _build, _pool_map, speak_in_range, speakers
+from demo_corpus import SAMPLE_RATE, VERSION, _build, _pool_map, speak_in_range, speakers
 
 N_TRAIN_SPEAKERS = 8
 N_TEST_SPEAKERS = 3
 TRAIN_UTTS = 8
 TEST_UTTS = 4
-MIN_S, MAX_S = 2.0, 4.0
+MIN_S, MAX_S = 4.0, 7.0
+CORPUS_VERSION = f"{VERSION}.vox1"  # 4-7 s utterances (was 2-4 s)
 
 
 def _video_id(rng):
@@ -88,7 +90,7 @@ def make_voxceleb_demo(out_root, seed=0):
     >>> (root / "veri_test2.txt").read_text().split()[:1]  # doctest: +SKIP
     ['1']
     """
-    return _build(Path(out_root) / "VoxCeleb1", seed, _voxceleb)
+    return _build(Path(out_root) / "VoxCeleb1", seed, _voxceleb, CORPUS_VERSION)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,23 @@ annotator lines, ignored), and keeps the four MP3S classes: ``neu``, ``hap``
 (with ``exc`` merged into it), ``sad`` and ``ang`` (5531 turns in the real
 corpus). Every other label (``fru``, ``sur``, ``xxx``...) is dropped.
 
-The 10 speakers are numbered as in MP3S: session ``k`` holds speaker
-``2k-1`` (female) and ``2k`` (male); the speaker of a turn is the letter
-before its 3-digit number (``Ses01F_impro01_M012`` -> male). Fold
-``test_spk_id`` (1-10) is speaker-independent: that speaker is the test set,
-the other speaker of the same session the validation set, the 8 others the
-training set. ``train.json``, ``valid.json`` and ``test.json`` map each turn
-to ``{"wav": absolute path, "length": seconds, "emo": label, "spk_id": n}``.
+The 10 speakers are numbered per session as MP3S numbers them: session
+``k`` holds speaker ``2k-1`` (female) and ``2k`` (male). The speaker of a
+turn is the letter before its 3-digit number (``Ses01F_impro01_M012`` ->
+male; ``speaker_assignment="turn_name"``, the default). MP3S's
+``load_session`` reads instead the character at a fixed position of the turn
+name (18 for a scripted turn of a scripted dialog, else 15), which in the
+dialogs whose name ends in a letter (``Ses03M_impro05a``, ``Ses03M_impro05b``,
+``Ses03M_impro08b``, ``Ses05M_script01_1b``) is the ``_`` before the
+speaker letter: their female turns are filed under the male speaker of the
+session, so MP3S's folds 5, 6, 9 and 10 hold other turns than the speakers'
+own. ``speaker_assignment="mp3s"`` reproduces that assignment exactly.
+
+Fold ``test_spk_id`` (1-10) is speaker-independent: that speaker is the test
+set, the other speaker of the same session the validation set, the 8 others
+the training set. ``train.json``, ``valid.json`` and ``test.json`` map each
+turn to ``{"wav": absolute path, "length": seconds, "emo": label, "spk_id":
+n}``.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -38,6 +48,7 @@ TURN_LINE = re.compile(
     r"^\[\s*[\d.]+\s*-\s*[\d.]+\s*\]\s+(Ses\d\d[FM]_\S+)\s+(\w+)\s+\[", re.MULTILINE
 )
 SPEAKER = re.compile(r"_([FM])\d{3}$")
+SPEAKER_ASSIGNMENTS = ("turn_name", "mp3s")
 OPTS_FILE = "iemocap_prepare.json"
 HINT = (
     "Request IEMOCAP from https://sail.usc.edu/iemocap/, extract it and pass "
@@ -64,14 +75,35 @@ def read_emo_evaluation(path):
     return TURN_LINE.findall(text)
 
 
-def speaker_of(turn, session):
-    """MP3S speaker number (1-10) of ``turn`` in ``session`` (1-5).
+def speaker_of(turn, session, assignment="turn_name", emo_file=None):
+    """Speaker number (1-10, MP3S's numbering) of ``turn`` in ``session`` (1-5).
+
+    Arguments
+    ---------
+    turn : str
+        Turn name, e.g. ``Ses03M_impro05a_F001``.
+    session : int
+        Its session (1-5).
+    assignment : str
+        ``turn_name``: the letter before the turn's number (the speaker);
+        ``mp3s``: the character MP3S reads, position 18 of a scripted turn
+        in a scripted dialog's file, else 15 (``F`` = female, anything else
+        male).
+    emo_file : str
+        Name of the EmoEvaluation file listing the turn (``mp3s`` only).
 
     Example
     -------
     >>> speaker_of("Ses03M_script01_1_F012", 3), speaker_of("Ses03M_impro02_M000", 3)
     (5, 6)
+    >>> turn = "Ses03M_impro05a_F001"  # a female turn
+    >>> speaker_of(turn, 3), speaker_of(turn, 3, "mp3s", "Ses03M_impro05a.txt")
+    (5, 6)
     """
+    if assignment == "mp3s":
+        scripted = emo_file[7] != "i" and turn[7] == "s"
+        letter = turn[18] if scripted else turn[15]
+        return 2 * session - (1 if letter == "F" else 0)
     found = SPEAKER.search(turn)
     if not found:
         raise ValueError(
@@ -81,8 +113,30 @@ def speaker_of(turn, session):
     return 2 * session - (1 if found.group(1) == "F" else 0)
 
 
-def collect_turns(data_folder):
-    """All turns of the 4 classes: {turn: (wav path, label, speaker 1-10)}."""
+def check_speaker_assignment(assignment):
+    """Refuses an unknown ``speaker_assignment``.
+
+    Example
+    -------
+    >>> check_speaker_assignment("MP3S")
+    Traceback (most recent call last):
+    ...
+    ValueError: speaker_assignment: 'MP3S' in the YAML; use turn_name ...
+    """
+    if assignment not in SPEAKER_ASSIGNMENTS:
+        raise ValueError(
+            f"speaker_assignment: {assignment!r} in the YAML; use turn_name "
+            "(the speaker letter of each turn) or mp3s (MP3S's fixed "
+            "character position, which files some female turns of sessions "
+            "3 and 5 under the male speaker)."
+        )
+    return assignment
+
+
+def collect_turns(data_folder, speaker_assignment="turn_name"):
+    """All turns of the 4 classes: {turn: (wav path, label, speaker 1-10)},
+    speakers assigned by ``speaker_assignment`` (see ``speaker_of``)."""
+    check_speaker_assignment(speaker_assignment)
     data_folder = Path(data_folder)
     if not data_folder.is_dir():
         raise FileNotFoundError(f"IEMOCAP data folder {data_folder} does not exist. {HINT}")
@@ -105,7 +159,8 @@ def collect_turns(data_folder):
                     raise FileNotFoundError(
                         f"{emo_file} labels turn {turn}, but {wav} does not exist. {HINT}"
                     )
-                turns[turn] = (str(wav.resolve()), CLASSES[label], speaker_of(turn, session))
+                spk = speaker_of(turn, session, speaker_assignment, emo_file.name)
+                turns[turn] = (str(wav.resolve()), CLASSES[label], spk)
     if not turns:
         raise ValueError(f"No turn labelled neu/hap/exc/sad/ang under {data_folder}. {HINT}")
     if len(turns) != N_UTTERANCES:
@@ -130,7 +185,9 @@ def fold_speakers(test_spk_id):
     return test_spk_id, test_spk_id + 1 if test_spk_id % 2 else test_spk_id - 1
 
 
-def prepare_iemocap(data_folder, save_folder, test_spk_id=1, skip_prep=False):
+def prepare_iemocap(
+    data_folder, save_folder, test_spk_id=1, speaker_assignment="turn_name", skip_prep=False
+):
     """Writes ``train.json``, ``valid.json`` and ``test.json`` of one fold.
 
     Arguments
@@ -142,6 +199,9 @@ def prepare_iemocap(data_folder, save_folder, test_spk_id=1, skip_prep=False):
     test_spk_id : int
         The fold: the test speaker (1-10); the other speaker of its session
         is the validation set.
+    speaker_assignment : str
+        ``turn_name`` (each turn's own speaker) or ``mp3s`` (MP3S's
+        assignment, see ``speaker_of``).
     skip_prep : bool
         Do nothing.
 
@@ -160,8 +220,13 @@ def prepare_iemocap(data_folder, save_folder, test_spk_id=1, skip_prep=False):
         logger.info("skip_prep: IEMOCAP preparation skipped.")
         return
     test_spk, valid_spk = fold_speakers(test_spk_id)
+    check_speaker_assignment(speaker_assignment)
     save_folder = Path(save_folder)
-    opts = {"data_folder": str(Path(data_folder).resolve()), "test_spk_id": test_spk}
+    opts = {
+        "data_folder": str(Path(data_folder).resolve()),
+        "test_spk_id": test_spk,
+        "speaker_assignment": speaker_assignment,
+    }
     names = ("train.json", "valid.json", "test.json")
     try:
         done = json.loads((save_folder / OPTS_FILE).read_text())
@@ -170,7 +235,7 @@ def prepare_iemocap(data_folder, save_folder, test_spk_id=1, skip_prep=False):
     if done == opts and all((save_folder / n).exists() for n in names):
         logger.info(f"IEMOCAP fold {test_spk} already in {save_folder}: skipping preparation.")
         return
-    turns = collect_turns(data_folder)
+    turns = collect_turns(data_folder, speaker_assignment)
     splits = {"train": {}, "valid": {}, "test": {}}
     for turn, (wav, label, spk) in sorted(turns.items()):
         split = "test" if spk == test_spk else "valid" if spk == valid_spk else "train"

@@ -161,6 +161,7 @@ def run_fold(argv):
             "data_folder": hparams["data_folder"],
             "save_folder": hparams["output_folder"],
             "test_spk_id": hparams["test_spk_id"],
+            "speaker_assignment": hparams["speaker_assignment"],
             "skip_prep": hparams["skip_prep"],
         },
     )

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""MP3S SLURP probe on a frozen BEST-RQ encoder: scenario and intent.
+"""MP3S SLURP probe on a frozen BEST-RQ encoder: scenario (and intent).
 
 The encoder of a BEST-RQ pretraining run (any mixer) is frozen; a learned
 softmax-weighted sum of all its hidden layers feeds a probe trained on the
@@ -10,12 +10,15 @@ YAML each:
 * ``hparams/linear.yaml``: mean over the valid frames, then linear heads;
 * ``hparams/bilstm.yaml``: 2-layer BiLSTM, linear projection, mean, heads.
 
-Two heads read the pooled vector: the **scenario** (18 classes, the MP3S
-score) and the **intent** (``scenario_action``, an extra column); the loss is
-the sum of their NLLs. The heads are sized by the label encoders (saved in
-the output folder). Adam (lr 2e-4) on the probe, Adam (lr 0.01) on the layer
-weights, NewBob annealing of both on the validation scenario error, the
-best checkpoint (lowest scenario error) is tested.
+One linear head per task of ``tasks`` reads the pooled vector: the
+**scenario** (18 classes, the MP3S score; ``tasks: [scenario]``, the MP3S
+loss, is the default) and, with ``tasks: [scenario, intent]``, the
+**intent** (``scenario_action``) too, the loss then being the sum of their
+NLLs. The heads are sized by the label encoders (saved in the output
+folder). Every devel and test recording is scored (``avoid_if_longer_than``
+only limits training). Adam (lr 2e-4) on the probe, Adam (lr 0.01) on the
+layer weights, NewBob annealing of both on the validation scenario error,
+the best checkpoint (lowest scenario error) is tested.
 
 To run this recipe::
 
@@ -44,27 +47,52 @@ logger = get_logger(__name__)
 REQUIRED_KEYS = ("pretrained_path", "weighted_ssl", "n_scenarios", "n_intents", "scenario_head")
 
 
+def check_tasks(tasks):
+    """Checks the ``tasks`` list of the YAML: the scenario (the MP3S score,
+    on which checkpoints are chosen), optionally with the intent.
+
+    Example
+    -------
+    >>> check_tasks(["scenario", "intent"])
+    ['scenario', 'intent']
+    >>> check_tasks(["intent"])
+    Traceback (most recent call last):
+    ...
+    ValueError: tasks: ['intent'] in the YAML; ...
+    """
+    tasks = list(tasks)
+    if "scenario" not in tasks or not set(tasks) <= set(TASKS) or len(set(tasks)) != len(tasks):
+        raise ValueError(
+            f"tasks: {tasks} in the YAML; use [scenario] (MP3S: the scenario "
+            "loss only) or [scenario, intent] (the sum of both losses)."
+        )
+    return tasks
+
+
 class IntentBrain(ProbeBrain):
-    """Scenario and intent classification from pooled weighted-sum features."""
+    """Scenario (and intent) classification from pooled weighted-sum
+    features; ``hparams.tasks`` names the heads."""
 
     def compute_forward(self, batch, stage):
-        """Waveforms -> log-probabilities of scenario and intent, (B, 1, C)."""
+        """Waveforms -> log-probabilities of each task, {task: (B, 1, C)}."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
         feats = self.encode(wavs, wav_lens)  # (B, T', D)
         if "rnn" in self.modules:
-            feats, _ = self.modules.rnn(feats, lengths=wav_lens)
+            # packed by length (pack_lstm: True), or padded as in MP3S
+            lengths = wav_lens if self.hparams.pack_lstm else None
+            feats, _ = self.modules.rnn(feats, lengths=lengths)
             feats = self.modules.rnn_proj(feats)
         pooled = self.hparams.mean_pool(feats, wav_lens)  # (B, 1, D)
         return {
             task: self.hparams.log_softmax(self.modules[f"{task}_head"](pooled))
-            for task in TASKS
+            for task in self.hparams.tasks
         }
 
     def compute_objectives(self, predictions, batch, stage):
-        """Sum of the scenario and intent NLLs; error rates outside training."""
+        """Sum of the NLLs of the tasks; error rates outside training."""
         loss = 0.0
-        for task in TASKS:
+        for task in self.hparams.tasks:
             targets, _ = getattr(batch, f"{task}_encoded")  # (B, 1)
             loss = loss + self.hparams.compute_cost(predictions[task], targets)
             if stage != sb.Stage.TRAIN:
@@ -74,7 +102,9 @@ class IntentBrain(ProbeBrain):
     def on_stage_start(self, stage, epoch=None):
         """Fresh error-rate trackers for validation and test."""
         if stage != sb.Stage.TRAIN:
-            self.error_metrics = {task: self.hparams.error_stats() for task in TASKS}
+            self.error_metrics = {
+                task: self.hparams.error_stats() for task in self.hparams.tasks
+            }
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs loss, accuracies and layer weights; anneals, checkpoints."""
@@ -82,7 +112,7 @@ class IntentBrain(ProbeBrain):
             self.train_stats = {"loss": stage_loss}
             return
         stats = {"loss": stage_loss}
-        for task in TASKS:
+        for task in self.hparams.tasks:
             error = self.error_metrics[task].summarize("average")
             stats[f"{task}_error"] = error
             stats[f"{task}_accuracy"] = 1.0 - error
@@ -106,7 +136,7 @@ class IntentBrain(ProbeBrain):
             )
             if if_main_process():
                 with open(self.hparams.test_results_file, "w", encoding="utf-8") as fout:
-                    for task in TASKS:
+                    for task in self.hparams.tasks:
                         fout.write(f"{task} accuracy: {stats[f'{task}_accuracy']:.4f}\n")
                     fout.write(f"layer weights: {self.layer_weights_summary()}\n")
 
@@ -117,20 +147,26 @@ def dataio_prepare(hparams):
     Returns
     -------
     datasets : dict
-        ``train``, ``valid``, ``test``: ``DynamicItemDataset`` objects.
+        ``train``, ``valid``, ``test``: ``DynamicItemDataset`` objects;
+        devel and test hold every recording (sorted by duration), training
+        the recordings up to ``avoid_if_longer_than`` s (``null``: all).
     encoders : dict
-        ``scenario``, ``intent``: ``CategoricalEncoder`` (saved in
-        ``save_folder``; built on all splits' labels, so a label absent from
-        training still has an index, and is simply never predicted).
+        One ``CategoricalEncoder`` per task of ``tasks`` (saved in
+        ``save_folder``; built on all splits' labels, training first, so a
+        label absent from training still has an index, and is simply never
+        predicted).
     """
     datasets = {}
     for name in ("train", "valid", "test"):
-        data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams[f"{name}_csv"])
-        data = data.filtered_sorted(
-            key_max_value={"duration": hparams["avoid_if_longer_than"]},
-            sort_key="duration" if name != "train" else None,
+        datasets[name] = sb.dataio.dataset.DynamicItemDataset.from_csv(
+            hparams[f"{name}_csv"]
         )
-        datasets[name] = data
+    for name in ("valid", "test"):
+        datasets[name] = datasets[name].filtered_sorted(sort_key="duration")
+    if hparams["avoid_if_longer_than"] is not None:
+        datasets["train"] = datasets["train"].filtered_sorted(
+            key_max_value={"duration": hparams["avoid_if_longer_than"]}
+        )
     if hparams["sorting"] in ("ascending", "descending"):
         datasets["train"] = datasets["train"].filtered_sorted(
             sort_key="duration", reverse=hparams["sorting"] == "descending"
@@ -149,7 +185,7 @@ def dataio_prepare(hparams):
 
     sb.dataio.dataset.add_dynamic_item(all_sets, audio_pipeline)
     encoders = {}
-    for task in TASKS:
+    for task in hparams["tasks"]:
         encoder = sb.dataio.encoder.CategoricalEncoder()
 
         @sb.utils.data_pipeline.takes(task)
@@ -165,15 +201,16 @@ def dataio_prepare(hparams):
         )
         encoders[task] = encoder
     sb.dataio.dataset.set_output_keys(
-        all_sets, ["id", "sig", "scenario_encoded", "intent_encoded"]
+        all_sets, ["id", "sig", *(f"{task}_encoded" for task in hparams["tasks"])]
     )
     return datasets, encoders
 
 
 def add_heads(hparams, encoders):
-    """Builds the ``scenario_head`` and ``intent_head`` (YAML partials) with
-    one output per label, and adds them to ``model`` and ``modules``."""
-    for task in TASKS:
+    """Builds the head of each task (``scenario_head``, ``intent_head``: YAML
+    partials) with one output per label, and adds it to ``model`` and
+    ``modules``."""
+    for task in hparams["tasks"]:
         n_labels = len(encoders[task])
         expected = hparams.get(f"n_{task}s")
         if expected is not None and n_labels != expected:
@@ -191,6 +228,7 @@ if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
+    hparams["tasks"] = check_tasks(hparams["tasks"])
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,

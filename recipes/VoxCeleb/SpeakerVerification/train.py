@@ -4,11 +4,15 @@
 A speaker-embedding probe (ECAPA-TDNN or X-vector) reads the learned
 softmax-weighted sum of all hidden layers of a frozen BEST-RQ encoder (any
 token mixer) and is trained as a speaker classifier on VoxCeleb1 dev with an
-AAM-softmax (margin 0.2, scale 30) on random 3-s crops. The checkpoint with
-the lowest dev classification error is then used to embed the enrolment and
-test files of the Vox1-O trial list (veri_test2.txt); trials are scored by
-cosine similarity, and the EER and minDCF (p_target 0.01, also normalised) are printed and
-written to ``<output_folder>/verification.txt`` and ``train_log.txt``.
+AAM-softmax (margin 0.2, scale 30), as the MP3S benchmark trains it: one
+training row per 3-s chunk of each utterance, each row a random 3-s crop of
+its utterance; the probe's learning rate decays linearly from 1e-3 to 1e-4
+over the 15 epochs, the layer weights keep theirs (0.01). The model of the
+last epoch (``test_checkpoint: last``; ``best``: the lowest dev error) then
+embeds the enrolment and test files of the Vox1-O trial list
+(veri_test2.txt); trials are scored by cosine similarity, and the EER and
+minDCF (p_target 0.01, also normalised) are printed and written to
+``<output_folder>/verification.txt`` and ``train_log.txt``.
 
 To run this recipe:
 
@@ -32,7 +36,7 @@ from speechbrain.utils.metric_stats import EER, minDCF
 
 from lobes.dataio import load_audio
 from lobes.pretrained import load_pretrained
-from lobes.probing import ProbeBrain
+from lobes.probing import ProbeBrain, checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
 
 logger = get_logger(__name__)
@@ -69,15 +73,15 @@ class SpeakerBrain(ProbeBrain):
         self.error_metrics = self.hparams.error_stats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        """Logs loss, accuracy and layer weights; anneals on the dev error;
-        keeps the best checkpoint."""
+        """Logs loss, accuracy and layer weights; anneals the learning rates
+        (MP3S: linearly by epoch); keeps the latest and the best checkpoint."""
         error = self.error_metrics.summarize("average")
         stats = {"loss": stage_loss, "error_rate": error, "accuracy": 1.0 - error}
         if stage == sb.Stage.TRAIN:
             self.train_stats = stats
             return
         if stage == sb.Stage.VALID:
-            lrs = self.anneal(error)
+            lrs = self.anneal(error, epoch)
             weights = " ".join(f"{w:.4f}" for w in self.layer_weights_summary())
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, **lrs, "layer_weights": weights},
@@ -102,9 +106,11 @@ class SpeakerBrain(ProbeBrain):
         return embeddings
 
     def verify(self, enrol_data, test_data, trials):
-        """Cosine-scores ``trials`` [(label, enrol ID, test ID)] with the best
-        checkpoint; returns (EER, minDCF) as fractions."""
-        self.checkpointer.recover_if_possible(min_key="error_rate")
+        """Cosine-scores ``trials`` [(label, enrol ID, test ID)] with the
+        ``test_checkpoint`` model; returns (EER, minDCF) as fractions."""
+        self.checkpointer.recover_if_possible(
+            **checkpoint_to_test(self.hparams.test_checkpoint, "error_rate")
+        )
         opts = self.hparams.embed_dataloader_opts
         embeddings = self.embed_dataset(enrol_data, opts)
         embeddings.update(self.embed_dataset(test_data, opts))
@@ -133,9 +139,37 @@ class SpeakerBrain(ProbeBrain):
         return float(eer), float(min_dcf)
 
 
+def add_classifier(hparams):
+    """Builds the speaker classifier chosen by ``classifier_head`` among the
+    ``classifier_heads`` partials of the YAML, with ``out_n_neurons``
+    outputs, and adds it to ``model`` and ``modules``.
+
+    MP3S's ECAPA-TDNN probe ends in a cosine classifier
+    (``ECAPA_TDNN.Classifier``), the input the AAM-softmax loss expects; its
+    X-vector probe ends in ``Xvector.Classifier``, whose *log-softmax* goes
+    to the same loss (``classifier_head: mp3s`` reproduces it).
+    """
+    heads = hparams["classifier_heads"]
+    name = hparams["classifier_head"]
+    if name not in heads:
+        raise ValueError(
+            f"classifier_head: {name!r} in the YAML; this probe's "
+            f"classifier_heads are: {', '.join(heads)}."
+        )
+    classifier = heads[name](out_neurons=hparams["out_n_neurons"])
+    hparams["model"].append(classifier)
+    hparams["modules"]["classifier"] = classifier
+
+
 def dataio_prepare(hparams):
     """Train/dev datasets (3-s crops, speaker labels) and enrol/test datasets
-    (whole utterances). Returns (train, valid, enrol, test, label_encoder)."""
+    (whole utterances). Returns (train, valid, enrol, test, label_encoder).
+
+    A training row (one chunk, see ``voxceleb_prepare``) is a random
+    ``sentence_len`` crop anywhere in its utterance (``random_chunk: True``,
+    MP3S) or the chunk itself (``False``); a dev row is always its own chunk,
+    so that the dev error is the same at every epoch.
+    """
     save = hparams["save_folder"]
     datasets = {
         name: sb.dataio.dataset.DynamicItemDataset.from_csv(
@@ -146,19 +180,21 @@ def dataio_prepare(hparams):
     sample_rate = hparams["sample_rate"]
     crop = int(hparams["sentence_len"] * sample_rate)
 
-    @sb.utils.data_pipeline.takes("wav", "duration")
-    @sb.utils.data_pipeline.provides("sig")
-    def train_audio(wav, duration):
-        n = int(float(duration) * sample_rate)
-        start = random.randint(0, n - crop) if n > crop else 0
-        return load_audio({"file": wav, "start": start, "stop": start + crop}, sample_rate)
+    random_chunk = hparams["random_chunk"]
 
-    @sb.utils.data_pipeline.takes("wav", "duration")
+    @sb.utils.data_pipeline.takes("wav", "duration", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")
-    def centre_audio(wav, duration):
-        n = int(float(duration) * sample_rate)
-        start = max(0, (n - crop) // 2)
-        return load_audio({"file": wav, "start": start, "stop": start + crop}, sample_rate)
+    def train_audio(wav, duration, start, stop):
+        if random_chunk:
+            n = round(float(duration) * sample_rate)
+            start = random.randint(0, n - crop) if n > crop else 0
+            stop = start + crop
+        return load_audio({"file": wav, "start": start, "stop": stop}, sample_rate)
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig")
+    def chunk_audio(wav, start, stop):
+        return load_audio({"file": wav, "start": start, "stop": stop}, sample_rate)
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
@@ -174,7 +210,7 @@ def dataio_prepare(hparams):
         yield label_encoder.encode_sequence_torch([spk_id])
 
     sb.dataio.dataset.add_dynamic_item([datasets["train"]], train_audio)
-    sb.dataio.dataset.add_dynamic_item([datasets["dev"]], centre_audio)
+    sb.dataio.dataset.add_dynamic_item([datasets["dev"]], chunk_audio)
     sb.dataio.dataset.add_dynamic_item([datasets["enrol"], datasets["test"]], full_audio)
     sb.dataio.dataset.add_dynamic_item([datasets["train"], datasets["dev"]], label_pipeline)
     label_encoder.load_or_create(
@@ -202,6 +238,7 @@ if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
+    checkpoint_to_test(hparams["test_checkpoint"], "error_rate")  # a typo fails now
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -218,11 +255,14 @@ if __name__ == "__main__":
             "save_folder": hparams["save_folder"],
             "verification_file": hparams["verification_file"],
             "split_ratio": hparams["split_ratio"],
+            "seg_dur": hparams["sentence_len"],
+            "amp_th": hparams["amp_th"],
             "seed": hparams["seed"],
             "skip_prep": hparams["skip_prep"],
         },
     )
     train_data, valid_data, enrol_data, test_data, _ = dataio_prepare(hparams)
+    add_classifier(hparams)
     load_pretrained(hparams["pretrained_path"], hparams["encoder"], hparams["normalize"])
 
     brain = SpeakerBrain(
@@ -257,7 +297,9 @@ if __name__ == "__main__":
     # every rank calls the logger: it writes on the main process only and
     # then broadcasts, so a call from the main process alone would hang DDP
     brain.hparams.train_logger.log_stats(
-        stats_meta={"best epoch (lowest dev error)": brain.hparams.epoch_counter.current},
+        stats_meta={
+            f"scored epoch ({hparams['test_checkpoint']})": brain.hparams.epoch_counter.current
+        },
         test_stats={"EER": eer * 100, "minDCF": min_dcf, "minDCF_norm": min_dcf_norm},
     )
     if if_main_process():

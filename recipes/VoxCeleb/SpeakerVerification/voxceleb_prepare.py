@@ -7,14 +7,20 @@ Reads the VoxCeleb1 layout (https://www.robots.ox.ac.uk/~vgg/data/voxceleb/)::
 
 where each trial line is ``<label> <enrol> <test>`` with paths relative to
 ``wav/`` and label 1 for a target trial (same speaker), and writes
-SpeechBrain CSV manifests to ``save_folder``:
+SpeechBrain CSV manifests to ``save_folder`` (columns ``ID, duration, wav,
+start, stop, spk_id``; ``duration`` is the whole utterance's, in seconds,
+``start``/``stop`` in samples):
 
-* ``train.csv`` and ``dev.csv`` (columns ``ID, duration, wav, spk_id``): the
-  utterances of every speaker *not* in the trial list, split per speaker
-  (``split_ratio``, e.g. 90/10, at least one training utterance each); the
-  speaker classifier trains on random crops of them;
-* ``enrol.csv`` and ``test.csv`` (same columns): the distinct enrolment and
-  test files of the trial list, whose IDs are the trial paths without
+* ``train.csv`` and ``dev.csv``: the utterances of every speaker *not* in the
+  trial list, split per speaker (``split_ratio``, e.g. 90/10, at least one
+  training utterance each), written as MP3S writes them: **one row per
+  ``seg_dur``-s chunk** (``int(duration / seg_dur)`` consecutive chunks from
+  the start of the utterance), leaving out the chunks whose mean absolute
+  amplitude is below ``amp_th``. An utterance of 7 s is two rows, so it is
+  seen twice per epoch (``train.py`` crops each row at random inside the
+  utterance, as MP3S does). Row IDs are ``<utterance>_<start s>_<stop s>``;
+* ``enrol.csv`` and ``test.csv``: the distinct enrolment and test files of
+  the trial list, one row per file, whose IDs are the trial paths without
   ``.wav`` (what ``train.py`` scores).
 
 ``wav`` holds absolute paths. A preparation that already ran with the same
@@ -34,7 +40,7 @@ import soundfile as sf
 from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
-HEADER = ["ID", "duration", "wav", "spk_id"]
+HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
 OPTS_FILE = "voxceleb_prepare.json"
 CSV_FILES = ("train.csv", "dev.csv", "enrol.csv", "test.csv")
 HINT = (
@@ -95,11 +101,46 @@ def read_trials(verification_file):
     return trials
 
 
+def chunk_bounds(n_samples, sample_rate, seg_dur):
+    """The chunks MP3S cuts an utterance into: ``int(duration / seg_dur)``
+    consecutive ``seg_dur``-s chunks from its start (the remainder and an
+    utterance shorter than ``seg_dur`` give none).
+
+    Arguments
+    ---------
+    n_samples : int
+        Length of the utterance.
+    sample_rate : int
+        Its sample rate.
+    seg_dur : float
+        Chunk duration in seconds.
+
+    Returns
+    -------
+    list of (int, int)
+        (start, stop) of each chunk, in samples.
+
+    Example
+    -------
+    >>> chunk_bounds(7 * 16000, 16000, 3.0)
+    [(0, 48000), (48000, 96000)]
+    >>> chunk_bounds(47999, 16000, 3.0)
+    []
+    """
+    n_chunks = int(n_samples / sample_rate / seg_dur)
+    return [
+        (int(i * seg_dur * sample_rate), int((i * seg_dur + seg_dur) * sample_rate))
+        for i in range(n_chunks)
+    ]
+
+
 def prepare_voxceleb(
     data_folder,
     save_folder,
     verification_file=None,
     split_ratio=(90, 10),
+    seg_dur=3.0,
+    amp_th=5e-4,
     seed=1234,
     skip_prep=False,
 ):
@@ -115,6 +156,11 @@ def prepare_voxceleb(
         The trial list; default ``<data_folder>/veri_test2.txt``.
     split_ratio : sequence of two numbers
         Train/dev share of each training speaker's utterances.
+    seg_dur : float
+        Duration (s) of the train/dev chunks (MP3S: 3, the crop length).
+    amp_th : float
+        Chunks whose mean absolute amplitude is below this are left out
+        (MP3S: 5e-4; 0 keeps every chunk).
     seed : int
         Seed of the train/dev split.
     skip_prep : bool
@@ -125,7 +171,8 @@ def prepare_voxceleb(
     FileNotFoundError
         No ``wav`` folder, no trial list, or a trial file missing.
     ValueError
-        A malformed trial list, no training speaker left, unreadable audio.
+        A malformed trial list, no training speaker left, a training speaker
+        without any chunk, unreadable audio.
 
     Example
     -------
@@ -135,8 +182,8 @@ def prepare_voxceleb(
     >>> data = make_voxceleb_demo("demo_data")
     >>> out = tempfile.mkdtemp()
     >>> prepare_voxceleb(data, out)
-    >>> open(os.path.join(out, "enrol.csv")).readline().strip()
-    'ID,duration,wav,spk_id'
+    >>> open(os.path.join(out, "train.csv")).readline().strip()
+    'ID,duration,wav,start,stop,spk_id'
     """
     if skip_prep:
         logger.info("skip_prep: VoxCeleb preparation skipped.")
@@ -153,6 +200,8 @@ def prepare_voxceleb(
         "data_folder": str(data_folder.resolve()),
         "verification_file": str(verification_file.resolve()),
         "split_ratio": list(split_ratio),
+        "seg_dur": seg_dur,
+        "amp_th": amp_th,
         "seed": seed,
     }
     try:
@@ -196,25 +245,70 @@ def prepare_voxceleb(
         dev += [(w, spk) for w in wavs[:n_dev]]
         train += [(w, spk) for w in wavs[n_dev:]]
 
+    train_rows = _chunk_rows(train, wav_dir, seg_dur, amp_th)
+    dev_rows = _chunk_rows(dev, wav_dir, seg_dur, amp_th)
+    chunkless = sorted(set(by_speaker) - {row[-1] for row in train_rows})
+    if chunkless:
+        raise ValueError(
+            f"Training speaker(s) {', '.join(chunkless)} in {wav_dir} have no "
+            f"{seg_dur}-s chunk above the amplitude threshold {amp_th} in "
+            "their training utterances (all shorter than sentence_len, or "
+            "silent): lower sentence_len or amp_th in the YAML, or remove "
+            "these speakers."
+        )
     save_folder.mkdir(parents=True, exist_ok=True)
-    _write_csv(save_folder / "train.csv", _rows(train, wav_dir))
-    _write_csv(save_folder / "dev.csv", _rows(dev, wav_dir))
+    _write_csv(save_folder / "train.csv", train_rows)
+    _write_csv(save_folder / "dev.csv", dev_rows)
     enrol = sorted({e for _, e, _ in trials})
     test = sorted({t for _, _, t in trials})
     for name, files in (("enrol.csv", enrol), ("test.csv", test)):
         items = [(str(wav_dir / rel), rel.split("/")[0]) for rel in files]
-        _write_csv(save_folder / name, _rows(items, wav_dir))
+        _write_csv(save_folder / name, _whole_rows(items, wav_dir))
     (save_folder / OPTS_FILE).write_text(json.dumps(opts, indent=1))
     logger.info(
         f"VoxCeleb: {len(by_speaker)} training speakers ({len(train)} train / "
-        f"{len(dev)} dev utterances), {len(test_speakers)} test speakers, "
+        f"{len(dev)} dev utterances in {len(train_rows)} / {len(dev_rows)} "
+        f"{seg_dur}-s chunks), {len(test_speakers)} test speakers, "
         f"{len(trials)} trials ({len(enrol)} enrol, {len(test)} test files)."
     )
 
 
-def _rows(items, wav_dir):
-    """CSV rows ``[ID, duration, wav, spk_id]``; ID = path under ``wav/``
-    without ``.wav`` (``id10270/x6uYqmx31kE/00001``)."""
+def _utt_id(path, wav_dir):
+    """Path under ``wav/`` without ``.wav``: ``id10270/x6uYqmx31kE/00001``."""
+    return os.path.relpath(path, wav_dir)[: -len(".wav")].replace(os.sep, "/")
+
+
+def _read_error(path, err):
+    return ValueError(
+        f"Cannot read audio file {path} ({err}): corrupt or truncated; "
+        "re-extract it or delete it."
+    )
+
+
+def _chunk_rows(items, wav_dir, seg_dur, amp_th):
+    """CSV rows of the chunks of ``items`` [(path, speaker)] (MP3S's
+    ``prepare_csv``): ``[ID, duration, wav, start, stop, spk_id]``."""
+    rows = []
+    for path, spk in items:
+        try:
+            signal, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+            if signal.shape[0] == 0:
+                raise RuntimeError("no audio frames")
+        except Exception as err:
+            raise _read_error(path, err) from err
+        signal = signal.mean(axis=1)
+        duration = signal.shape[0] / sample_rate
+        utt = _utt_id(path, wav_dir)
+        for start, stop in chunk_bounds(signal.shape[0], sample_rate, seg_dur):
+            if abs(signal[start:stop]).mean() < amp_th:
+                continue
+            chunk_id = f"{utt}_{start / sample_rate}_{stop / sample_rate}"
+            rows.append([chunk_id, duration, os.path.abspath(path), start, stop, spk])
+    return rows
+
+
+def _whole_rows(items, wav_dir):
+    """CSV rows of whole utterances ``items`` [(path, speaker)]."""
     rows = []
     for path, spk in items:
         try:
@@ -222,12 +316,11 @@ def _rows(items, wav_dir):
             if info.frames <= 0:
                 raise RuntimeError("no audio frames")
         except Exception as err:
-            raise ValueError(
-                f"Cannot read audio file {path} ({err}): corrupt or truncated; "
-                "re-extract it or delete it."
-            ) from err
-        rel = os.path.relpath(path, wav_dir)[: -len(".wav")].replace(os.sep, "/")
-        rows.append([rel, round(info.frames / info.samplerate, 5), os.path.abspath(path), spk])
+            raise _read_error(path, err) from err
+        rows.append([
+            _utt_id(path, wav_dir), info.frames / info.samplerate,
+            os.path.abspath(path), 0, info.frames, spk,
+        ])
     return rows
 
 

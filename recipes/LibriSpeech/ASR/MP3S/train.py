@@ -14,10 +14,16 @@ benchmarks/MP3S/LibriSpeech). Two probes, one YAML each:
 Characters (``CTCTextEncoder``, blank 0, unk 1); the CTC output layer is
 sized from the character set. Adam (lr 2e-4) on the probe, Adam (lr 0.01) on
 the layer weights, NewBob annealing of both on the validation loss;
-validation WER with greedy decoding; the best checkpoint (lowest dev WER) is
-tested with greedy decoding *and* SpeechBrain's CTC beam search (optionally
-with a KenLM n-gram, ``kenlm_model_path``). WER details go to
-``<output_folder>/wer_<test set>_{greedy,beam}.txt``.
+validation WER with greedy decoding; the best checkpoint (lowest dev WER;
+``test_checkpoint: last``, the last epoch, as MP3S in 2023) is tested with
+greedy decoding *and* SpeechBrain's CTC beam search, with a KenLM
+n-gram when ``kenlm_model_path`` names one (shallow fusion, ``alpha``,
+``beta`` in ``test_beam_search``; ``lm_decoder: pyctcdecode`` decodes with
+pyctcdecode as MP3S did in 2023; the packages it needs are checked at
+start-up, and their absence refused with the command that installs them).
+WER details go to ``<output_folder>/wer_<test set>_{greedy,beam,beam_lm}.txt``.
+Run again with the same output folder, a trained probe is only tested:
+that is how the LM rows are decoded after training.
 
 To run this recipe::
 
@@ -29,6 +35,7 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
+import importlib
 import inspect
 import os
 import sys
@@ -41,7 +48,7 @@ from speechbrain.utils.logger import get_logger
 
 from lobes.dataio import load_audio
 from lobes.pretrained import load_pretrained
-from lobes.probing import ProbeBrain
+from lobes.probing import ProbeBrain, checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
 
 logger = get_logger(__name__)
@@ -60,7 +67,8 @@ class ASRProbe(ProbeBrain):
         feats = self.encode(wavs, wav_lens)  # (B, T', D)
         enc = self.modules.enc
         if "lengths" in inspect.signature(enc.forward).parameters:  # RNNs
-            out = enc(feats, lengths=wav_lens)
+            # packed by length (pack_lstm: True), or padded as in MP3S
+            out = enc(feats, lengths=wav_lens if self.hparams.pack_lstm else None)
         else:
             out = enc(feats)
         if isinstance(out, tuple):  # (output, hidden) of an RNN
@@ -72,7 +80,8 @@ class ASRProbe(ProbeBrain):
                 p_ctc, wav_lens, blank_id=self.hparams.blank_index
             )
         if stage == sb.Stage.TEST and self.test_searcher is not None:
-            hyps["beam"] = self.test_searcher(p_ctc, wav_lens)
+            found = self.test_searcher(p_ctc, wav_lens)
+            hyps[self.beam_kind] = [h if isinstance(h, str) else h[0].text for h in found]
         return p_ctc, wav_lens, hyps
 
     def compute_objectives(self, predictions, batch, stage):
@@ -88,8 +97,8 @@ class ASRProbe(ProbeBrain):
                         "".join(self.tokenizer.decode_ndim(seq)).split(" ")
                         for seq in hyp
                     ]
-                else:
-                    words = [h[0].text.split(" ") for h in hyp]
+                else:  # texts of the beam search
+                    words = [text.split(" ") for text in hyp]
                 self.wer_metrics[kind].append(batch.id, words, targets)
                 self.cer_metrics[kind].append(batch.id, words, targets)
         return loss
@@ -99,7 +108,7 @@ class ASRProbe(ProbeBrain):
         if stage != sb.Stage.TRAIN:
             kinds = ["greedy"]
             if stage == sb.Stage.TEST and self.test_searcher is not None:
-                kinds.append("beam")
+                kinds.append(self.beam_kind)
             self.wer_metrics = {k: self.hparams.error_rate_computer() for k in kinds}
             self.cer_metrics = {k: self.hparams.cer_computer() for k in kinds}
 
@@ -111,7 +120,7 @@ class ASRProbe(ProbeBrain):
             return
         stats = {"loss": stage_loss}
         for kind in self.wer_metrics:
-            suffix = "" if kind == "greedy" else "_beam"
+            suffix = "" if kind == "greedy" else f"_{kind}"
             stats["WER" + suffix] = self.wer_metrics[kind].summarize("error_rate")
             stats["CER" + suffix] = self.cer_metrics[kind].summarize("error_rate")
         if stage == sb.Stage.VALID:
@@ -225,28 +234,144 @@ def add_output_layer(hparams, label_encoder):
     hparams["modules"]["ctc_lin"] = ctc_lin
 
 
+class PyctcdecodeSearcher:
+    """MP3S's LM decoding of 2023 (the paper's runs): pyctcdecode's CTC beam
+    search with a KenLM n-gram, here on the valid frames of each utterance.
+    Takes the keys of ``test_beam_search`` that pyctcdecode has.
+
+    Arguments
+    ---------
+    vocab_list : list of str
+        The label of each CTC output.
+    blank_index : int
+        The blank output (an empty label for pyctcdecode).
+    kenlm_model_path : str
+        The ARPA or binary KenLM n-gram.
+    alpha, beta : float
+        LM weight and word insertion bonus (MP3S 2023: 0.5, 1.0).
+    beam_size, beam_prune_logp, token_prune_min_logp, prune_history
+        pyctcdecode's ``beam_width``, ``beam_prune_logp``,
+        ``token_min_logp``, ``prune_history`` (what its ``decode``, which
+        MP3S called, uses: 100, -10, -5, True).
+    """
+
+    def __init__(self, vocab_list, blank_index, kenlm_model_path, alpha=0.5, beta=1.0,
+                 beam_size=100, beam_prune_logp=-10.0, token_prune_min_logp=-5.0,
+                 prune_history=True, **unused):
+        from pyctcdecode import build_ctcdecoder
+
+        labels = ["" if i == blank_index else lab for i, lab in enumerate(vocab_list)]
+        self.decoder = build_ctcdecoder(
+            labels, kenlm_model_path=kenlm_model_path, alpha=alpha, beta=beta
+        )
+        self.decode_opts = {
+            "beam_width": beam_size, "beam_prune_logp": beam_prune_logp,
+            "token_min_logp": token_prune_min_logp, "prune_history": prune_history,
+        }
+
+    def __call__(self, log_probs, wav_lens):
+        """Texts of a batch of CTC log-probabilities (B, T, V)."""
+        lengths = torch.round(wav_lens * log_probs.shape[1]).int().tolist()
+        return [  # the text of the best beam
+            self.decoder.decode_beams(lp[:n].float().cpu().numpy(), **self.decode_opts)[0][0]
+            for lp, n in zip(log_probs, lengths)
+        ]
+
+
+LM_DECODERS = {  # lm_decoder: the packages it imports
+    "speechbrain": ("kenlm", "pygtrie"),
+    "pyctcdecode": ("kenlm", "pyctcdecode"),
+}
+
+
+def check_lm_decoding(hparams):
+    """Refuses, before anything runs, an n-gram LM decoding that could not
+    run: ``kenlm_model_path`` set with ``use_beam_search`` off, a missing LM
+    file, an unknown ``lm_decoder`` or its packages absent. Returns the LM
+    path (or None).
+
+    Example
+    -------
+    >>> check_lm_decoding({"use_beam_search": True, "test_beam_search": {}}) is None
+    True
+    >>> check_lm_decoding({"use_beam_search": True, "lm_decoder": "speechbrain",
+    ...                    "test_beam_search": {"kenlm_model_path": "no/lm.arpa"}})
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: kenlm_model_path: no/lm.arpa ...
+    """
+    path = hparams["test_beam_search"].get("kenlm_model_path")
+    if path is None:
+        return None
+    decoder = hparams["lm_decoder"]
+    if decoder not in LM_DECODERS:
+        raise ValueError(
+            f"lm_decoder: {decoder!r} in the YAML; use speechbrain (today's "
+            "MP3S) or pyctcdecode (MP3S in 2023, the paper's runs)."
+        )
+    if not hparams["use_beam_search"]:
+        raise ValueError(
+            f"kenlm_model_path: {path} is set but use_beam_search is False: "
+            "the n-gram LM is used by the beam search. Set use_beam_search: "
+            "True, or kenlm_model_path: null."
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"kenlm_model_path: {path} (in the YAML or on the command line) "
+            "does not exist; give a KenLM .arpa or .bin n-gram (LibriSpeech's "
+            "4-gram.arpa from https://www.openslr.org/11; for the demo, "
+            "tools/make_ngram_lm.py writes one) or null."
+        )
+    packages = LM_DECODERS[decoder]
+    for package in packages:
+        try:
+            importlib.import_module(package)
+        except ImportError as err:
+            hint = (
+                "`pip install -e <this repository>[lm]` or `pip install kenlm "
+                "pygtrie` (kenlm compiles KenLM: a C++ compiler and cmake are "
+                "needed)"
+                if decoder == "speechbrain"
+                else "`pip install kenlm` (it compiles KenLM: a C++ compiler and "
+                "cmake are needed) and `pip install --no-deps pyctcdecode "
+                "pygtrie` (pyctcdecode pins numpy < 2 but runs with numpy 2)"
+            )
+            raise ImportError(
+                f"kenlm_model_path: {path} asks for n-gram LM decoding "
+                f"(lm_decoder: {decoder}), which needs the Python packages "
+                f"{' and '.join(f'`{p}`' for p in packages)}; {package} is not "
+                f"installed in this environment. Install them with {hint}, or "
+                "set kenlm_model_path: null to decode without LM."
+            ) from err
+    return path
+
+
 def make_test_searcher(hparams, label_encoder):
     """SpeechBrain's ``CTCBeamSearcher`` over the character vocabulary
-    (``test_beam_search`` in the YAML; None if ``use_beam_search`` is off)."""
+    (``test_beam_search`` in the YAML, with the n-gram LM of
+    ``kenlm_model_path`` if any, or pyctcdecode's with ``lm_decoder:
+    pyctcdecode``; None if ``use_beam_search`` is off), and the name of its
+    results: ``beam`` or ``beam_lm``."""
+    lm = check_lm_decoding(hparams)
     if not hparams["use_beam_search"]:
-        return None
+        return None, None
     from speechbrain.decoders.ctc import CTCBeamSearcher
 
     ind2lab = label_encoder.ind2lab
     vocab_list = [ind2lab[i] for i in range(len(ind2lab))]
-    kenlm = hparams["test_beam_search"].get("kenlm_model_path")
-    if kenlm is not None and not os.path.isfile(kenlm):
-        raise FileNotFoundError(
-            f"kenlm_model_path: {kenlm} (in the YAML) does not exist; give a "
-            "KenLM .arpa/.bin n-gram (e.g. from https://www.openslr.org/11) or null."
-        )
-    return CTCBeamSearcher(**hparams["test_beam_search"], vocab_list=vocab_list)
+    if lm is not None and hparams["lm_decoder"] == "pyctcdecode":
+        searcher = PyctcdecodeSearcher(vocab_list, **hparams["test_beam_search"])
+    else:
+        searcher = CTCBeamSearcher(**hparams["test_beam_search"], vocab_list=vocab_list)
+    return searcher, "beam" if lm is None else "beam_lm"
 
 
 if __name__ == "__main__":
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
+    check_lm_decoding(hparams)  # now, not after training
+    tested = checkpoint_to_test(hparams["test_checkpoint"], "WER")
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -280,7 +405,7 @@ if __name__ == "__main__":
         checkpointer=hparams["checkpointer"],
     )
     asr_brain.tokenizer = label_encoder
-    asr_brain.test_searcher = make_test_searcher(hparams, label_encoder)
+    asr_brain.test_searcher, asr_brain.beam_kind = make_test_searcher(hparams, label_encoder)
     asr_brain.fit(
         asr_brain.hparams.epoch_counter,
         train_data,
@@ -292,7 +417,5 @@ if __name__ == "__main__":
     for name, test_data in test_datasets.items():
         asr_brain.test_set_name = name
         asr_brain.evaluate(
-            test_data,
-            min_key="WER",
-            test_loader_kwargs=hparams["test_dataloader_opts"],
+            test_data, test_loader_kwargs=hparams["test_dataloader_opts"], **tested
         )
