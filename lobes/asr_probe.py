@@ -320,6 +320,13 @@ def _is_sentencepiece(tokenizer):
     return hasattr(tokenizer, "sp")
 
 
+def _unsupported(tokenizer):
+    return TypeError(
+        f"Unsupported tokenizer {type(tokenizer).__name__}: use a CTCTextEncoder "
+        "(characters) or a SpeechBrain SentencePiece."
+    )
+
+
 def vocabulary(tokenizer):
     """The CTC output units, in index order (the ``vocab_list`` of a
     ``CTCBeamSearcher``).
@@ -336,10 +343,7 @@ def vocabulary(tokenizer):
         return [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.sp.vocab_size())]
     if isinstance(tokenizer, CTCTextEncoder):
         return [tokenizer.ind2lab[i] for i in range(len(tokenizer))]
-    raise TypeError(
-        f"Unsupported tokenizer {type(tokenizer).__name__}: use a CTCTextEncoder "
-        "(characters) or a SpeechBrain SentencePiece."
-    )
+    raise _unsupported(tokenizer)
 
 
 def ids_to_words(tokenizer, ids):
@@ -358,8 +362,7 @@ def ids_to_words(tokenizer, ids):
         return tokenizer.sp.decode_ids([int(i) for i in ids]).split(" ")
     if isinstance(tokenizer, CTCTextEncoder):
         return "".join(tokenizer.decode_ndim(ids)).split(" ")
-    vocabulary(tokenizer)  # raises the TypeError
-    return None
+    raise _unsupported(tokenizer)
 
 
 def add_output_layer(hparams, tokenizer):

@@ -252,8 +252,8 @@ def test_bilstm_ctc_end_to_end(demo_data, pretrained_demo, tmp_path):
     labels = [encoder.ind2lab[i] for i in range(len(encoder))]
     assert labels[0] == "<blank>" and "<unk>" in labels and " " in labels, labels
     assert set(labels) - {"<blank>", "<unk>", " ", "'"} <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    # the shared corpus is left as downloaded
-    assert not list((demo_data / "Buckeye").glob("*.wav"))
+    # the tracks were extracted where --extract_folder says
+    assert len(list((out / "tracks").glob("s????[ab].wav"))) == 13
 
 
 @pytest.mark.slow
@@ -265,3 +265,15 @@ def test_every_mixer_and_probe(demo_data, pretrained_demo, tmp_path, mixer, prob
     run_recipe(RECIPE, probe_args(probe, mixer, pretrained, demo_data / "Buckeye", out))
     assert "%WER" in (out / "wer_test_greedy.txt").read_text()
     assert "test WER_beam" in (out / "train_log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_runs_under_ddp(demo_data, pretrained_demo, tmp_path):
+    """Two CPU ranks (torchrun, gloo): preparation and extraction on the main
+    process, training, checkpoint and test; the WER files written once."""
+    pretrained = pretrained_demo("summarymixing")
+    out = tmp_path / "ddp"
+    args = probe_args("bilstm_ctc", "summarymixing", pretrained, demo_data / "Buckeye", out)
+    run_recipe(RECIPE, args, nproc=2, timeout=1200)
+    assert "epoch: 1" in (out / "train_log.txt").read_text()
+    assert "%WER" in (out / "wer_test_beam.txt").read_text()

@@ -195,3 +195,14 @@ def test_every_mixer_and_probe(demo_data, pretrained_demo, tmp_path, mixer, prob
     out = tmp_path / "asr"
     run_recipe(RECIPE, probe_args(probe, language, mixer, pretrained, demo_data / RELEASE / language, out))
     check_run(out, probe)
+
+
+@pytest.mark.slow
+def test_runs_under_ddp(demo_data, pretrained_demo, tmp_path):
+    """Two CPU ranks (torchrun, gloo): preparation and SentencePiece training
+    on the main process, training, checkpoint and test."""
+    pretrained = pretrained_demo("summarymixing")
+    out = tmp_path / "ddp"
+    args = probe_args("bilstm_ctc", "cy", "summarymixing", pretrained, demo_data / RELEASE, out)
+    run_recipe(RECIPE, args, nproc=2, timeout=1200)
+    check_run(out, "bilstm_ctc")

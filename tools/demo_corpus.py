@@ -32,6 +32,10 @@ What is made (seed 0: about 12 min of LibriSpeech, 4 min of LibriLight):
   files (40-90 s) of sentences separated by 0.3-1.5 s of silence, whose
   voice activity is the known span of each sentence.
 
+and, for the MP3S probes, the corpora of the ``demo_<dataset>.py`` modules
+(task names ``voxceleb``, ``iemocap``, ``slurp``, ``buckeye``,
+``commonvoice``; each module's docstring describes its layout).
+
 Generation is deterministic for a seed (texts, voices, durations, samples),
 takes ~15 s on 2 cores, and is idempotent: a finished corpus holds a
 ``.demo_complete`` marker (format version and seed) and is not made again.
@@ -554,7 +558,9 @@ def make_demo_corpus(out_dir, tasks=tuple(TASKS), seed=0):
         Parent folder: the corpora go to ``<out_dir>/LibriSpeech`` and
         ``<out_dir>/LibriLight``.
     tasks : sequence of str
-        Any of ``"librispeech"``, ``"librilight"``.
+        Any of ``TASKS``: ``"librispeech"``, ``"librilight"``,
+        ``"voxceleb"``, ``"iemocap"``, ``"slurp"``, ``"buckeye"``,
+        ``"commonvoice"``.
     seed : int
         Same seed, same corpus.
 

@@ -199,19 +199,19 @@ def extract_tracks(data_folder, extract_folder):
     done = 0
     for path in sorted(data_folder.rglob("*.zip")):
         if SPEAKER_ZIP.fullmatch(path.name) or TRACK.fullmatch(path.stem):
-            done += _extract_zip(path, extract_folder)
+            done += _extract_zip(path, extract_folder, str(path))
     if done:
         logger.info(f"Extracted {done} Buckeye tracks into {extract_folder}")
     return done
 
 
-def _extract_zip(path, extract_folder):
-    """Extracts the tracks of one speaker or track zip (``path`` or bytes)."""
-    name = path if isinstance(path, Path) else "a track archive"
+def _extract_zip(source, extract_folder, name):
+    """Extracts the tracks of one speaker or track zip (a path, or the bytes
+    of a zip inside another; ``name`` says which, for errors)."""
     try:
-        archive = zipfile.ZipFile(path if isinstance(path, Path) else io.BytesIO(path))
+        archive = zipfile.ZipFile(source if isinstance(source, Path) else io.BytesIO(source))
     except (zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"Cannot read the Buckeye archive {name} ({err}): download it again.")
+        raise ValueError(f"Cannot read the Buckeye archive {name} ({err}): download it again.") from err
     done = 0
     with archive:
         members = [m for m in archive.namelist() if "__MACOSX" not in m and not m.endswith("/")]
@@ -219,16 +219,26 @@ def _extract_zip(path, extract_folder):
             stem, ext = os.path.splitext(os.path.basename(member))
             if ext == ".zip" and TRACK.fullmatch(stem):  # a track inside a speaker zip
                 if not _extracted(extract_folder, stem):
-                    done += _extract_zip(archive.read(member), extract_folder)
+                    done += _extract_zip(archive.read(member), extract_folder, f"{name}:{member}")
             elif ext in (".wav", ".words") and TRACK.fullmatch(stem):
                 target = extract_folder / f"{stem}{ext}"
                 if not target.exists():
-                    extract_folder.mkdir(parents=True, exist_ok=True)
-                    tmp = target.with_name(target.name + ".partial")
-                    tmp.write_bytes(archive.read(member))
-                    os.replace(tmp, target)
+                    _write_atomic(target, archive.read(member))
                     done += ext == ".words"
     return done
+
+
+def _write_atomic(target, data):
+    tmp = target.with_name(target.name + ".partial")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+    except OSError as err:
+        raise OSError(
+            f"Cannot extract the Buckeye track {target.name} into {target.parent} ({err}): "
+            "give a writable folder as extract_folder (--extract_folder=...)."
+        ) from err
+    os.replace(tmp, target)
 
 
 def _extracted(folder, track):
