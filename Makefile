@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set up, generate the demo corpora, pretrain a small BEST-RQ
-#               SummaryMixing Conformer on it, probe it on the four MP3S
-#               tasks (CPU, ~15 min; PROBES=0 skips the probes)
+#               SummaryMixing Conformer on it, probe it on the seven MP3S
+#               tasks (CPU, ~25 min; PROBES=0 skips the probes)
 #   make test   set up and run the test suite (what CI runs)
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -32,6 +32,10 @@ What is made (seed 0: about 12 min of LibriSpeech, 4 min of LibriLight):
   files (40-90 s) of sentences separated by 0.3-1.5 s of silence, whose
   voice activity is the known span of each sentence.
 
+and, for the MP3S probes, the corpora of the ``demo_<dataset>.py`` modules
+(task names ``voxceleb``, ``iemocap``, ``slurp``, ``buckeye``,
+``commonvoice``; each module's docstring describes its layout).
+
 Generation is deterministic for a seed (texts, voices, durations, samples),
 takes ~15 s on 2 cores, and is idempotent: a finished corpus holds a
 ``.demo_complete`` marker (format version and seed) and is not made again.
@@ -44,6 +48,7 @@ Authors
 
 import argparse
 import importlib
+import io
 import json
 import math
 import os
@@ -53,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -246,8 +252,9 @@ def check_espeak():
         )
 
 
-def synthesize(text, voice="en", speed=160, pitch=50):
-    """Speaks ``text`` with espeak-ng; returns float32 mono samples at 16 kHz.
+def synthesize(text, voice="en", speed=160, pitch=50, sample_rate=SAMPLE_RATE):
+    """Speaks ``text`` with espeak-ng; returns float32 mono samples at
+    ``sample_rate`` (16 kHz by default).
 
     Arguments
     ---------
@@ -259,11 +266,13 @@ def synthesize(text, voice="en", speed=160, pitch=50):
         Words per minute (80-450).
     pitch : int
         0-99.
+    sample_rate : int
+        Rate of the returned samples (espeak-ng speaks at 22.05 kHz).
 
     Returns
     -------
     numpy.ndarray
-        Mono samples at 16 kHz.
+        Mono samples at ``sample_rate``.
     """
     check_espeak()
     with tempfile.TemporaryDirectory(prefix="espeak_") as tmp:
@@ -277,8 +286,8 @@ def synthesize(text, voice="en", speed=160, pitch=50):
             )
         wav, sr = sf.read(wav_path, dtype="float32", always_2d=True)
     wav = torch.from_numpy(np.ascontiguousarray(wav.mean(axis=1)))
-    if sr != SAMPLE_RATE:
-        wav = torchaudio.functional.resample(wav, sr, SAMPLE_RATE)
+    if sr != sample_rate:
+        wav = torchaudio.functional.resample(wav, sr, sample_rate)
     return wav.numpy().astype(np.float32)
 
 
@@ -537,6 +546,8 @@ TASKS = {
     "voxceleb": _task_module("demo_voxceleb", "make_voxceleb_demo"),
     "iemocap": _task_module("demo_iemocap", "make_iemocap_demo"),
     "slurp": _task_module("demo_slurp", "make_slurp_demo"),
+    "buckeye": _task_module("demo_buckeye", "make_buckeye_demo"),
+    "commonvoice": _task_module("demo_commonvoice", "make_commonvoice_demo"),
 }
 
 
@@ -549,7 +560,9 @@ def make_demo_corpus(out_dir, tasks=tuple(TASKS), seed=0):
         Parent folder: the corpora go to ``<out_dir>/LibriSpeech`` and
         ``<out_dir>/LibriLight``.
     tasks : sequence of str
-        Any of ``"librispeech"``, ``"librilight"``.
+        Any of ``TASKS``: ``"librispeech"``, ``"librilight"``,
+        ``"voxceleb"``, ``"iemocap"``, ``"slurp"``, ``"buckeye"``,
+        ``"commonvoice"``.
     seed : int
         Same seed, same corpus.
 
@@ -596,9 +609,30 @@ def main(argv=None):
     except (SynthesisError, FileExistsError, ValueError) as err:
         parser.exit(1, f"demo_corpus.py: error: {err}\n")
     for task, root in roots.items():
-        files = [p for p in Path(root).rglob("*") if p.suffix in (".flac", ".wav")]
-        seconds = sum(sf.info(str(p)).duration for p in files)
-        print(f"[demo corpus] {task}: {root} ({len(files)} files, {seconds / 60:.1f} min of audio)")
+        n_files, seconds = audio_stats(root)
+        print(f"[demo corpus] {task}: {root} ({n_files} files, {seconds / 60:.1f} min of audio)")
+
+
+def audio_stats(root):
+    """Number of audio files (FLAC, WAV, MP3, also inside zip archives, as
+    Buckeye's) under ``root`` and their total duration in seconds."""
+    n_files, seconds = 0, 0.0
+
+    def visit(name, read):
+        nonlocal n_files, seconds
+        suffix = os.path.splitext(name)[1].lower()
+        if suffix in (".flac", ".wav", ".mp3"):
+            n_files += 1
+            seconds += sf.info(read()).duration
+        elif suffix == ".zip":
+            with zipfile.ZipFile(read()) as archive:
+                for member in archive.namelist():
+                    visit(member, lambda m=member: io.BytesIO(archive.read(m)))
+
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file():
+            visit(path.name, lambda p=path: str(p))
+    return n_files, seconds
 
 
 if __name__ == "__main__":

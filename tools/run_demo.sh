@@ -2,7 +2,7 @@
 # The demo job: pretrain a small BEST-RQ SummaryMixing Conformer on the demo
 # corpus (synthetic speech in LibriSpeech's layout) on CPU, a few minutes.
 # The real recipe and YAML run; only sizes and schedule are overridden.
-# Then the four MP3S probes on the frozen result (tools/run_probes.sh;
+# Then the seven MP3S tasks' probes on the frozen result (tools/run_probes.sh;
 # PROBES=0 skips them). MIXER=fastformer bash tools/run_demo.sh picks another
 # mixer.
 set -euo pipefail
