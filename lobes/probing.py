@@ -10,7 +10,9 @@ recipes share lives here:
   (``hparams.model``) and ``weights_opt_class`` (lr 0.01) for the layer
   weights, both checkpointed; no encoder parameter is ever optimised;
 * ``anneal``: NewBob annealing of both learning rates on a validation metric;
-* ``layer_weights_summary``: the learned weights, logged each epoch.
+* ``layer_weights_summary``: the learned weights, logged each epoch;
+* the training error statistics (``error_metrics``) survive an intra-epoch
+  restart (``lobes.training.ResumableTrainStatsMixin``).
 
 Recipes subclass it with ``compute_forward``/``compute_objectives`` and
 ``on_stage_end``, as in any SpeechBrain recipe.
@@ -20,15 +22,24 @@ Authors
 """
 
 import speechbrain as sb
+import torch
 from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.logger import get_logger
+from speechbrain.utils.metric_stats import MetricStats
 
-from lobes.training import CPUDistributedMixin, EpochSeededBatchesMixin
+from lobes.training import (
+    CPUDistributedMixin,
+    EpochSeededBatchesMixin,
+    ResumableTrainStatsMixin,
+    check_finite_features,
+)
 
 logger = get_logger(__name__)
 
 
-class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
+class ProbeBrain(
+    EpochSeededBatchesMixin, CPUDistributedMixin, ResumableTrainStatsMixin, sb.Brain
+):
     """MP3S probe on a frozen encoder.
 
     Expects ``modules.weighted_ssl`` (``lobes.weighted_sum.WeightedLayerSum``)
@@ -37,10 +48,25 @@ class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
     ``lr_annealing_model`` and ``lr_annealing_weights`` (NewBob schedulers).
     """
 
-    def encode(self, wavs, wav_lens):
-        """Waveforms (B, S) to the weighted layer sum (B, T', D)."""
+    def encode(self, wavs, wav_lens, ids=None):
+        """Waveforms (B, S) to the weighted layer sum (B, T', D); non-finite
+        features stop with the utterance ``ids`` (B) named."""
         feats = self.hparams.compute_features(wavs)
+        check_finite_features(feats, ids if ids is not None else list(range(len(feats))))
         return self.modules.weighted_ssl(feats, wav_lens)
+
+    def train_stats_state(self):
+        """The training epoch's ``error_metrics`` (a ``MetricStats``) of the
+        recipes that track one, checkpointed: IDs and scores."""
+        metrics = getattr(self, "error_metrics", None)
+        if not isinstance(metrics, MetricStats):
+            return None
+        return {"ids": list(metrics.ids), "scores": [float(s) for s in metrics.scores]}
+
+    def load_train_stats_state(self, state):
+        """Puts the checkpointed IDs and scores back into ``error_metrics``."""
+        self.error_metrics.ids = list(state["ids"])
+        self.error_metrics.scores = [torch.tensor(s) for s in state["scores"]]
 
     def init_optimizers(self):
         """One optimizer for the probe, one for the layer weights."""

@@ -33,7 +33,8 @@ import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
-from lobes.dataio import load_audio
+from lobes.training import parse_arguments
+from lobes.dataio import filter_by_duration, load_audio
 from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain
 from lobes.recipe import load_recipe_hparams
@@ -49,7 +50,7 @@ class IntentBrain(ProbeBrain):
         """Waveforms -> log-probabilities of scenario and intent, (B, 1, C)."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        feats = self.encode(wavs, wav_lens)  # (B, T', D)
+        feats = self.encode(wavs, wav_lens, batch.id)  # (B, T', D)
         if "rnn" in self.modules:
             feats, _ = self.modules.rnn(feats, lengths=wav_lens)
             feats = self.modules.rnn_proj(feats)
@@ -124,8 +125,8 @@ def dataio_prepare(hparams):
     datasets = {}
     for name in ("train", "valid", "test"):
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams[f"{name}_csv"])
-        data = data.filtered_sorted(
-            key_max_value={"duration": hparams["avoid_if_longer_than"]},
+        data = filter_by_duration(
+            data, name, max_duration=hparams["avoid_if_longer_than"],
             sort_key="duration" if name != "train" else None,
         )
         datasets[name] = data
@@ -186,7 +187,7 @@ def add_heads(hparams, encoders):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, _ = load_recipe_hparams(hparams_file, overrides)
     sb.create_experiment_directory(
@@ -203,6 +204,8 @@ if __name__ == "__main__":
             "data_folder": hparams["data_folder"],
             "save_folder": hparams["output_folder"],
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
     datasets, encoders = dataio_prepare(hparams)

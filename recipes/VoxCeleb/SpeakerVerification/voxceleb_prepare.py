@@ -17,8 +17,16 @@ SpeechBrain CSV manifests to ``save_folder``:
   test files of the trial list, whose IDs are the trial paths without
   ``.wav`` (what ``train.py`` scores).
 
-``wav`` holds absolute paths. A preparation that already ran with the same
-options (``<save_folder>/voxceleb_prepare.json``) is skipped.
+``wav`` holds absolute paths; ``duration`` is in seconds, at each file's own
+sample rate. A preparation that already ran with the same options
+(``<save_folder>/voxceleb_prepare.json``) is skipped.
+
+With ``check_audio`` every file is decoded once, in parallel, so that a
+truncated or corrupt file stops the preparation (naming it) instead of the
+training; with ``skip_bad_audio`` such files are left out and counted
+instead (``lobes.dataio.scan_audio``; list in
+``<save_folder>/bad_audio_voxceleb.txt``), and so are the trials that use
+them.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -30,8 +38,9 @@ import os
 import random
 from pathlib import Path
 
-import soundfile as sf
 from speechbrain.utils.logger import get_logger
+
+from lobes.dataio import scan_audio
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "spk_id"]
@@ -102,6 +111,9 @@ def prepare_voxceleb(
     split_ratio=(90, 10),
     seed=1234,
     skip_prep=False,
+    check_audio=False,
+    skip_bad_audio=False,
+    num_workers=16,
 ):
     """Writes ``train.csv``, ``dev.csv``, ``enrol.csv`` and ``test.csv``.
 
@@ -119,13 +131,24 @@ def prepare_voxceleb(
         Seed of the train/dev split.
     skip_prep : bool
         Do nothing.
+    check_audio : bool
+        Decode every file fully to find truncated or corrupt ones now rather
+        than during training.
+    skip_bad_audio : bool
+        Leave unreadable/truncated files (and the trials using them) out,
+        counted in the log, instead of stopping.
+    num_workers : int
+        Threads reading (or decoding) the audio files.
 
     Raises
     ------
     FileNotFoundError
         No ``wav`` folder, no trial list, or a trial file missing.
     ValueError
-        A malformed trial list, no training speaker left, unreadable audio.
+        A malformed trial list, no training speaker left.
+    lobes.dataio.BadAudioError
+        Unreadable (corrupt, truncated) audio files, all named, unless
+        ``skip_bad_audio``.
 
     Example
     -------
@@ -154,6 +177,8 @@ def prepare_voxceleb(
         "verification_file": str(verification_file.resolve()),
         "split_ratio": list(split_ratio),
         "seed": seed,
+        "check_audio": bool(check_audio),
+        "skip_bad_audio": bool(skip_bad_audio),
     }
     try:
         done = json.loads((save_folder / OPTS_FILE).read_text())
@@ -165,6 +190,7 @@ def prepare_voxceleb(
 
     trials = read_trials(verification_file)
     test_files = sorted({p for _, e, t in trials for p in (e, t)})
+    n_trials = len(trials)
     test_speakers = {p.split("/")[0] for p in test_files}
     for rel in test_files:
         if not (wav_dir / rel).is_file():
@@ -180,11 +206,29 @@ def prepare_voxceleb(
         wavs = sorted(str(p) for p in spk_dir.rglob("*.wav"))
         if wavs:
             by_speaker[spk_dir.name] = wavs
+    infos = scan_audio(
+        [w for wavs in by_speaker.values() for w in wavs]
+        + [str(wav_dir / rel) for rel in test_files],
+        check_audio, skip_bad_audio, num_workers,
+        report_file=save_folder / "bad_audio_voxceleb.txt", what=f"VoxCeleb {wav_dir}",
+    )
+    by_speaker = {
+        spk: [w for w in wavs if w in infos] for spk, wavs in by_speaker.items()
+    }
+    by_speaker = {spk: wavs for spk, wavs in by_speaker.items() if wavs}
+    trials = [t for t in trials if all(str(wav_dir / p) in infos for p in t[1:])]
+    if len(trials) < n_trials:
+        logger.warning(
+            f"{n_trials - len(trials)} of {n_trials} trials of {verification_file} "
+            "left out: they use audio files that were skipped (skip_bad_audio)."
+        )
     if not by_speaker:
         raise ValueError(
             f"No training speaker in {wav_dir}: every speaker folder is in the "
-            f"trial list {verification_file} or has no .wav file. {HINT}"
+            f"trial list {verification_file} or has no usable .wav file. {HINT}"
         )
+    if not trials:
+        raise ValueError(f"No trial of {verification_file} is left: its files were skipped.")
 
     rng = random.Random(seed)
     train, dev = [], []
@@ -197,13 +241,13 @@ def prepare_voxceleb(
         train += [(w, spk) for w in wavs[n_dev:]]
 
     save_folder.mkdir(parents=True, exist_ok=True)
-    _write_csv(save_folder / "train.csv", _rows(train, wav_dir))
-    _write_csv(save_folder / "dev.csv", _rows(dev, wav_dir))
+    _write_csv(save_folder / "train.csv", _rows(train, wav_dir, infos))
+    _write_csv(save_folder / "dev.csv", _rows(dev, wav_dir, infos))
     enrol = sorted({e for _, e, _ in trials})
     test = sorted({t for _, _, t in trials})
     for name, files in (("enrol.csv", enrol), ("test.csv", test)):
         items = [(str(wav_dir / rel), rel.split("/")[0]) for rel in files]
-        _write_csv(save_folder / name, _rows(items, wav_dir))
+        _write_csv(save_folder / name, _rows(items, wav_dir, infos))
     (save_folder / OPTS_FILE).write_text(json.dumps(opts, indent=1))
     logger.info(
         f"VoxCeleb: {len(by_speaker)} training speakers ({len(train)} train / "
@@ -212,22 +256,14 @@ def prepare_voxceleb(
     )
 
 
-def _rows(items, wav_dir):
+def _rows(items, wav_dir, infos):
     """CSV rows ``[ID, duration, wav, spk_id]``; ID = path under ``wav/``
-    without ``.wav`` (``id10270/x6uYqmx31kE/00001``)."""
+    without ``.wav`` (``id10270/x6uYqmx31kE/00001``); ``infos``: the
+    ``scan_audio`` result."""
     rows = []
     for path, spk in items:
-        try:
-            info = sf.info(path)
-            if info.frames <= 0:
-                raise RuntimeError("no audio frames")
-        except Exception as err:
-            raise ValueError(
-                f"Cannot read audio file {path} ({err}): corrupt or truncated; "
-                "re-extract it or delete it."
-            ) from err
         rel = os.path.relpath(path, wav_dir)[: -len(".wav")].replace(os.sep, "/")
-        rows.append([rel, round(info.frames / info.samplerate, 5), os.path.abspath(path), spk])
+        rows.append([rel, round(infos[path].duration, 5), os.path.abspath(path), spk])
     return rows
 
 

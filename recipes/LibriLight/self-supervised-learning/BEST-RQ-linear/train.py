@@ -22,11 +22,12 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
+from lobes.training import parse_arguments
 from lobes.pretraining import BestRQBrain, dataio_prepare
 from lobes.export import export_encoder
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
 
     with open(hparams_file, encoding="utf-8") as fin:
@@ -50,6 +51,8 @@ if __name__ == "__main__":
             "max_segment_duration": hparams["max_segment_duration"],
             "min_segment_duration": hparams["avoid_if_shorter_than"],
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
     run_on_main(
@@ -59,6 +62,8 @@ if __name__ == "__main__":
             "save_folder": hparams["output_folder"],
             "dev_splits": hparams["dev_splits"],
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
 
