@@ -25,6 +25,7 @@ and inputs that differ only by extension, ``a.wav`` and ``a.mp3``, keep it:
 ``--skip_errors`` reports unreadable audio files and goes on; the command
 then exits with status 2 when files were skipped (so that scripts notice),
 unless ``--allow_skipped`` is given too.
+
 ``--layer_weights`` is a comma-separated list of L+1 numbers (used as
 given), a ``.pt`` file holding such a tensor, or a checkpoint of a probe's
 ``WeightedLayerSum`` (``weighted_ssl.ckpt``), whose softmax weights are used.
@@ -37,6 +38,7 @@ Authors
 import argparse
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -100,21 +102,21 @@ def output_names(wavs):
         if key in seen:
             raise ValueError(f"{wav} is the same file as {seen[key]}: give each input once.")
         seen[key] = wav
-    keys = []
-    for wav in wavs:
-        parts = Path(wav).with_suffix("").parts
-        if sum(Path(w).with_suffix("").parts == parts for w in wavs) > 1:
-            parts = Path(wav).parts  # same stem, other extension: keep it
-        keys.append(parts)
-    names = []
-    for parts in keys:
-        depth = 1
-        while depth < len(parts) and any(
-            k != parts and k[-depth:] == parts[-depth:] for k in keys
-        ):
-            depth += 1
-        names.append("_".join(parts[-depth:]).lstrip("/_") + ".pt")
-    clashes = sorted({n for n in names if names.count(n) > 1})
+    stems = [Path(wav).with_suffix("").parts for wav in wavs]
+    same_stem = Counter(stems)
+    # same stem, other extension (a.wav, a.mp3): keep the extension
+    keys = [Path(w).parts if same_stem[s] > 1 else s for w, s in zip(wavs, stems)]
+    depth, pending, d = {}, list(range(len(keys))), 1
+    while pending:  # add parent folders to the names that still clash
+        counts = Counter(keys[i][-d:] for i in pending)
+        for i in pending:
+            if counts[keys[i][-d:]] == 1 or d >= len(keys[i]):
+                depth[i] = d
+        pending, d = [i for i in pending if i not in depth], d + 1
+    names = [
+        "_".join(keys[i][-depth[i]:]).lstrip("/_") + ".pt" for i in range(len(keys))
+    ]
+    clashes = sorted(n for n, c in Counter(names).items() if c > 1)
     if clashes:
         raise ValueError(
             f"Several inputs would be written to {clashes}: rename them, or "

@@ -106,10 +106,11 @@ def resolve_checkpoint(path):
             "exported model), model.ckpt (a CKPT+... folder of the BEST-RQ "
             "recipe) or CKPT+... folders (its save folder)."
         )
-    if all((p / PROBE_MARKER).is_file() for p in ckpts):
+    pretraining = [p for p in ckpts if not (p / PROBE_MARKER).is_file()]
+    if not pretraining:
         raise ValueError(_probe_checkpoint_message(path))
 
-    def latest_first(ckpt):
+    def progress(ckpt):
         step, unixtime = checkpoint_progress(ckpt)
         return (
             -1 if step is None else step,
@@ -117,7 +118,7 @@ def resolve_checkpoint(path):
             ckpt.name,
         )
 
-    return resolve_checkpoint(max(ckpts, key=latest_first))
+    return resolve_checkpoint(max(pretraining, key=progress))
 
 
 PROBE_MARKER = "weighted_ssl.ckpt"  # the layer weights: only probes save them
