@@ -8,7 +8,10 @@ fails while recovering it. ``AtomicCheckpointer`` writes every file into a
 hidden ``.partial-CKPT+<time>/`` folder and renames it to ``CKPT+<time>/``
 only once all files are on disk: a crash while saving leaves the previous
 checkpoint as the one to recover. Leftover partial folders are removed at the
-next save.
+next save. A save that fails (a full disk, ``OSError``) removes its partial
+folder at once and stops with a message saying that the previous checkpoints
+are intact and how to resume. Each recovery logs the checkpoint's path and
+training step (``checkpoint_progress``).
 
 ``RandomState`` makes the random number generators part of a checkpoint, so
 that a resumed run draws the same masks, noise and dropout as an
@@ -18,6 +21,7 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
+import datetime
 import logging
 import os
 import random
@@ -25,6 +29,7 @@ import shutil
 
 import numpy as np
 import torch
+import yaml
 
 from speechbrain.utils.checkpoints import (
     Checkpoint,
@@ -87,6 +92,17 @@ class AtomicCheckpointer(Checkpointer):
             saved = super().save_checkpoint(
                 meta, end_of_epoch, name, verbosity=logging.DEBUG
             )
+        except OSError as err:  # e.g. no space left on device
+            shutil.rmtree(partial, ignore_errors=True)
+            kept = [c.path.name for c in self.list_checkpoints()]
+            raise OSError(
+                err.errno,
+                f"Could not save the checkpoint {final} ({err}). Nothing was "
+                f"replaced or deleted: the checkpoints in {self.checkpoints_dir} "
+                f"({', '.join(kept) or 'none yet'}) are intact. Free disk space "
+                "(or fix the folder's permissions) and run the same command "
+                "again: it resumes from the latest of them.",
+            ) from err
         finally:
             self._saving_to = None
         ddp_barrier()  # every process has written its files
@@ -108,6 +124,66 @@ class AtomicCheckpointer(Checkpointer):
             saved.meta,
             {k: final / p.name for k, p in saved.paramfiles.items()},
         )
+
+    def _call_load_hooks(self, checkpoint):
+        """Loads ``checkpoint``, logging its path and training step."""
+        step, unixtime = checkpoint_progress(checkpoint.path)
+        kind = "end-of-epoch" if checkpoint.meta.get("end-of-epoch", True) else "intra-epoch"
+        when = ""
+        if unixtime is not None:
+            when = ", saved " + datetime.datetime.fromtimestamp(unixtime).isoformat(" ", "seconds")
+        logger.info(
+            f"Recovering the {kind} checkpoint {checkpoint.path} (step "
+            f"{'unknown' if step is None else step}{when})"
+        )
+        return super()._call_load_hooks(checkpoint)
+
+
+def checkpoint_progress(folder):
+    """The training step and save time recorded *in* a checkpoint folder.
+
+    The step is ``steps`` in its ``CKPT.yaml`` (the BEST-RQ recipe records
+    it) or else SpeechBrain's ``optimizer_step`` in ``brain.ckpt``; the time
+    is SpeechBrain's ``unixtime`` in ``CKPT.yaml``. File-system dates are
+    never used: copying a run folder changes them.
+
+    Arguments
+    ---------
+    folder : str or Path
+        A ``CKPT+...`` folder.
+
+    Returns
+    -------
+    step : int or None
+    unixtime : float or None
+        Each None when not recorded.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> ckpt = Path(tempfile.mkdtemp())
+    >>> _ = (ckpt / "CKPT.yaml").write_text("unixtime: 1700000000.5\\n")
+    >>> _ = (ckpt / "brain.ckpt").write_text("optimizer_step: 420\\nstep: 3\\n")
+    >>> checkpoint_progress(ckpt)
+    (420, 1700000000.5)
+    """
+    def read(name):
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as fin:
+                data = yaml.safe_load(fin)
+            return data if isinstance(data, dict) else {}
+        except (OSError, yaml.YAMLError):
+            return {}
+
+    meta = read("CKPT.yaml")
+    step, unixtime = meta.get("steps"), meta.get("unixtime")
+    if step is None:
+        step = read("brain.ckpt").get("optimizer_step")
+    return (
+        None if step is None else int(step),
+        None if unixtime is None else float(unixtime),
+    )
 
 
 @register_checkpoint_hooks

@@ -18,7 +18,14 @@
 
 With one input and ``--out`` ending in ``.pt`` the features go to that file;
 otherwise ``--out`` is a folder and each file is named after its input
-(``<stem>.pt``; inputs of the same name get their parent folders in the name).
+(``<stem>.pt``; inputs of the same name get their parent folders in the name,
+and inputs that differ only by extension, ``a.wav`` and ``a.mp3``, keep it:
+``a.wav.pt``, ``a.mp3.pt``).
+
+``--skip_errors`` reports unreadable audio files and goes on; the command
+then exits with status 2 when files were skipped (so that scripts notice),
+unless ``--allow_skipped`` is given too.
+
 ``--layer_weights`` is a comma-separated list of L+1 numbers (used as
 given), a ``.pt`` file holding such a tensor, or a checkpoint of a probe's
 ``WeightedLayerSum`` (``weighted_ssl.ckpt``), whose softmax weights are used.
@@ -29,7 +36,9 @@ Authors
 """
 
 import argparse
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -73,27 +82,46 @@ def read_file_list(list_file):
 def output_names(wavs):
     """A distinct ``<name>.pt`` for each input path.
 
+    The file stem, with as many parent folders as needed to tell inputs of
+    the same name apart; inputs that differ only by their extension keep it.
+
     Example
     -------
     >>> output_names([Path("x/a.wav"), Path("y/a.wav"), Path("y/b.flac")])
     ['x_a.pt', 'y_a.pt', 'b.pt']
+    >>> output_names([Path("d/a.wav"), Path("d/a.mp3")])
+    ['a.wav.pt', 'a.mp3.pt']
+    >>> output_names([Path("d/a.wav"), Path("d/../d/a.wav")])
+    Traceback (most recent call last):
+    ...
+    ValueError: d/../d/a.wav is the same file as d/a.wav: give each input once.
     """
-    names = []
+    seen = {}
     for wav in wavs:
-        parts = Path(wav).with_suffix("").parts
-        depth = 1
-        while True:
-            name = "_".join(parts[-depth:]).lstrip("/_")
-            clash = [
-                w for w in wavs
-                if w != wav and Path(w).with_suffix("").parts[-depth:] == parts[-depth:]
-            ]
-            if not clash or depth >= len(parts):
-                break
-            depth += 1
-        names.append(f"{name}.pt")
-    if len(set(names)) != len(names):
-        raise ValueError("Some input files are given twice.")
+        key = os.path.normpath(os.path.abspath(wav))
+        if key in seen:
+            raise ValueError(f"{wav} is the same file as {seen[key]}: give each input once.")
+        seen[key] = wav
+    stems = [Path(wav).with_suffix("").parts for wav in wavs]
+    same_stem = Counter(stems)
+    # same stem, other extension (a.wav, a.mp3): keep the extension
+    keys = [Path(w).parts if same_stem[s] > 1 else s for w, s in zip(wavs, stems)]
+    depth, pending, d = {}, list(range(len(keys))), 1
+    while pending:  # add parent folders to the names that still clash
+        counts = Counter(keys[i][-d:] for i in pending)
+        for i in pending:
+            if counts[keys[i][-d:]] == 1 or d >= len(keys[i]):
+                depth[i] = d
+        pending, d = [i for i in pending if i not in depth], d + 1
+    names = [
+        "_".join(keys[i][-depth[i]:]).lstrip("/_") + ".pt" for i in range(len(keys))
+    ]
+    clashes = sorted(n for n, c in Counter(names).items() if c > 1)
+    if clashes:
+        raise ValueError(
+            f"Several inputs would be written to {clashes}: rename them, or "
+            "extract them in separate runs."
+        )
     return names
 
 
@@ -152,8 +180,10 @@ def extract(
 
     Returns
     -------
-    list of Path
+    written : list of Path
         The files written.
+    skipped : list of str
+        ``"<file>: <error>"`` of each unreadable file (``skip_errors``).
     """
     if layers not in LAYER_MODES:
         raise ValueError(f"--layers {layers!r}: use one of {LAYER_MODES}")
@@ -199,7 +229,7 @@ def extract(
         written.append(target)
     for message in failed:
         print(f"skipped {message}", file=sys.stderr)
-    return written
+    return written, failed
 
 
 def main(argv=None):
@@ -230,7 +260,12 @@ def main(argv=None):
     )
     parser.add_argument(
         "--skip_errors", action="store_true",
-        help="report unreadable audio files and continue",
+        help="report unreadable audio files and continue (exit status 2 if "
+        "any was skipped, unless --allow_skipped)",
+    )
+    parser.add_argument(
+        "--allow_skipped", action="store_true",
+        help="with --skip_errors: exit with status 0 even if files were skipped",
     )
     args = parser.parse_args(argv)
 
@@ -244,7 +279,7 @@ def main(argv=None):
             savedir=args.savedir,
             run_opts={"device": args.device},
         )
-        written = extract(
+        written, skipped = extract(
             model, wavs, Path(args.out), args.layers, weights,
             args.skip_errors, model_source=args.model,
         )
@@ -252,6 +287,15 @@ def main(argv=None):
         print(f"lobes.extract: error: {err}", file=sys.stderr)
         return 1
     print(f"Wrote {len(written)} feature file(s) to {args.out}")
+    if skipped:
+        print(
+            f"lobes.extract: {len(skipped)} of {len(wavs)} file(s) skipped "
+            "(unreadable audio, listed above)"
+            + ("" if args.allow_skipped else "; exit status 2 (--allow_skipped for 0)"),
+            file=sys.stderr,
+        )
+        if not args.allow_skipped:
+            return 2
     return 0
 
 

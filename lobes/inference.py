@@ -34,6 +34,7 @@ import torch
 from speechbrain.inference.interfaces import Pretrained
 
 from lobes.dataio import load_audio
+from lobes.pretrained import log_loaded_checkpoint
 
 
 class EncodedBatch(NamedTuple):
@@ -80,6 +81,7 @@ def load_encoder_checkpoint(encoder, path):
     ...
     ValueError: ...d_model: checkpoint 16 vs this model 24...
     """
+    log_loaded_checkpoint(Path(path).resolve())  # path and pretraining step
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
         encoder.load_state_dict(state)

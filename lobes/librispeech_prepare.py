@@ -4,15 +4,22 @@ Writes one SpeechBrain CSV manifest per split, ``<save_folder>/<split>.csv``,
 with the columns ``ID, duration, wav, spk_id, wrd``:
 
 * ``ID``: the utterance id (``<speaker>-<chapter>-<NNNN>``),
-* ``duration``: seconds, from the FLAC header (``soundfile.info``),
+* ``duration``: seconds, from the FLAC header (``soundfile.info``) at the
+  file's own sample rate,
 * ``wav``: the **absolute** path of the FLAC file (so the CSVs work from any
   working directory; move the corpus and you must prepare again),
 * ``spk_id``: the speaker id,
 * ``wrd``: the transcript, as in the ``*.trans.txt`` files (upper case).
 
 and optionally the concatenation of several splits (e.g. the 960 h training
-set) into ``<save_folder>/<merge_name>``. Every recipe folder that needs this
-script links to this one file.
+set) into ``<save_folder>/<merge_name>``. Every recipe that needs this
+script imports it from here (``lobes.librispeech_prepare``).
+
+With ``check_audio`` every file is decoded once, in parallel, so that a
+truncated or corrupt file stops the preparation (naming it) instead of the
+training hours later; with ``skip_bad_audio`` such files are left out and
+counted instead (``lobes.dataio.scan_audio``; their list is written to
+``<save_folder>/bad_audio_<split>.txt``).
 
 The expected layout is LibriSpeech's own::
 
@@ -26,11 +33,11 @@ Authors
 import csv
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import soundfile as sf
 from speechbrain.utils.logger import get_logger
+
+from lobes.dataio import scan_audio
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
@@ -55,6 +62,8 @@ def prepare_librispeech(
     min_duration=None,
     select_n_sentences=None,
     num_workers=16,
+    check_audio=False,
+    skip_bad_audio=False,
 ):
     """Writes ``<save_folder>/<split>.csv`` for each requested LibriSpeech split.
 
@@ -86,8 +95,14 @@ def prepare_librispeech(
         Keep only the first ``select_n_sentences`` utterances (sorted by ID) of
         each split: for quick debugging runs.
     num_workers : int
-        Threads reading the audio headers (durations); LibriSpeech 960 h has
-        281k files.
+        Threads reading the audio headers (durations) or decoding the files
+        (``check_audio``); LibriSpeech 960 h has 281k files.
+    check_audio : bool
+        Decode every file fully to find truncated or corrupt ones now rather
+        than during training.
+    skip_bad_audio : bool
+        Leave unreadable/truncated files out (counted in the log, listed in
+        ``<save_folder>/bad_audio_<split>.txt``) instead of stopping.
 
     Raises
     ------
@@ -95,8 +110,11 @@ def prepare_librispeech(
         Missing data folder or split folder, or a split to merge that has no
         CSV.
     ValueError
-        A split without FLAC files, a FLAC without transcript line, or an
-        unreadable (corrupt) audio file; the message names the file.
+        A split without FLAC files or a FLAC without transcript line; the
+        message names the file.
+    lobes.dataio.BadAudioError
+        Unreadable (corrupt, truncated) audio files, all named, unless
+        ``skip_bad_audio``.
 
     Example
     -------
@@ -121,6 +139,8 @@ def prepare_librispeech(
         "data_folder": str(data_folder.resolve()),
         "min_duration": min_duration,
         "select_n_sentences": select_n_sentences,
+        "check_audio": bool(check_audio),
+        "skip_bad_audio": bool(skip_bad_audio),
     }
     done = _load_opts(save_folder)
 
@@ -146,7 +166,10 @@ def prepare_librispeech(
         if split not in todo:
             logger.info(f"{csv_file} exists: skipping the preparation of {split}.")
             continue
-        rows = _split_rows(data_folder, split, num_workers)
+        rows = _split_rows(
+            data_folder, split, num_workers, check_audio, skip_bad_audio,
+            report_file=save_folder / f"bad_audio_{split}.txt",
+        )
         if min_duration is not None:
             kept = [r for r in rows if r[1] >= min_duration]
             if len(kept) < len(rows):
@@ -220,8 +243,10 @@ def _save_opts(save_folder, done):
     (Path(save_folder) / OPTS_FILE).write_text(json.dumps(done, indent=1))
 
 
-def _split_rows(data_folder, split, num_workers):
-    """CSV rows ``[ID, duration, wav, spk_id, wrd]`` of one split, sorted by ID."""
+def _split_rows(data_folder, split, num_workers, check_audio=False,
+                skip_bad_audio=False, report_file=None):
+    """CSV rows ``[ID, duration, wav, spk_id, wrd]`` of one split, sorted by
+    ID (unusable audio files left out with ``skip_bad_audio``)."""
     split_dir = data_folder / split
     if not split_dir.is_dir():
         found = sorted(p.name for p in data_folder.iterdir() if p.is_dir())
@@ -260,23 +285,16 @@ def _split_rows(data_folder, split, num_workers):
                 f"{split}.tar.gz, or delete the audio file."
             )
 
-    def row(flac):
-        utt = os.path.basename(flac)[: -len(".flac")]
-        try:
-            info = sf.info(flac)
-            if info.frames <= 0 or info.samplerate <= 0:
-                raise RuntimeError("no audio frames")
-        except Exception as err:
-            raise ValueError(
-                f"Cannot read audio file {flac} ({err}): the file is corrupt or "
-                f"truncated; re-extract {split}.tar.gz or delete the file."
-            ) from err
-        duration = info.frames / info.samplerate
-        return [utt, round(duration, 5), os.path.abspath(flac), utt.split("-")[0], transcripts[utt]]
-
     logger.info(f"Reading {len(flacs)} audio headers of {split} ...")
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        rows = list(pool.map(row, sorted(flacs)))
+    infos = scan_audio(
+        sorted(flacs), check_audio, skip_bad_audio, num_workers, report_file,
+        what=f"LibriSpeech {split} (re-extract {split}.tar.gz)",
+    )
+    rows = []
+    for flac, info in infos.items():
+        utt = os.path.basename(flac)[: -len(".flac")]
+        rows.append([utt, round(info.duration, 5), os.path.abspath(flac),
+                     utt.split("-")[0], transcripts[utt]])
     rows.sort(key=lambda r: r[0])
     return rows
 

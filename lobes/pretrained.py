@@ -7,8 +7,9 @@ a user has at hand:
 * a pretraining checkpoint, ``<output_folder>/save/CKPT+...``: ``model.ckpt``
   holds the ``ModuleList [encoder, head]`` of the recipe (encoder keys start
   with ``0.``), ``normalize.ckpt`` the global feature statistics;
-* a pretraining ``save`` folder: its most recent ``CKPT+...`` is used (SSL
-  pretraining keeps the latest model, as the paper's probes do);
+* a pretraining ``save`` folder: its latest ``CKPT+...`` is used (SSL
+  pretraining keeps the latest model, as the paper's probes do), by the step
+  and time recorded in it, never by file-system dates;
 * an exported model folder (``lobes.export``): ``encoder.ckpt`` and
   ``normalizer.ckpt``.
 
@@ -21,16 +22,28 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
-import os
+import datetime
+import re
 from pathlib import Path
 
 import torch
+from speechbrain.utils.logger import get_logger
+
+from lobes.checkpoint import checkpoint_progress
 
 ENCODER_PREFIX = "0."  # the encoder in the recipe's `model: [encoder, head]`
+logger = get_logger(__name__)
 
 
 def resolve_checkpoint(path):
-    """Finds the files of a pretrained encoder under ``path``.
+    """Finds the files of a pretrained encoder under ``path``, and logs which
+    checkpoint (path and training step) is used.
+
+    In a ``save`` folder the latest checkpoint is the one with the highest
+    training step recorded *in* it (``steps`` in its ``CKPT.yaml``, else
+    ``optimizer_step`` in ``brain.ckpt``), then the latest recorded save time
+    (``unixtime``): never the file-system dates, which a copy (``cp -r``,
+    ``rsync`` without ``-t``) changes.
 
     Arguments
     ---------
@@ -47,12 +60,28 @@ def resolve_checkpoint(path):
     prefix : str
         Key prefix of the encoder's parameters in ``encoder_file``.
 
+    Raises
+    ------
+    FileNotFoundError
+        No such folder, or no encoder in it.
+    ValueError
+        The folder holds checkpoints of an MP3S probe, not of a pretraining.
+
     Example
     -------
     >>> resolve_checkpoint("/nonexistent")
     Traceback (most recent call last):
     ...
     FileNotFoundError: Pretrained encoder folder /nonexistent does not exist: ...
+    >>> import tempfile
+    >>> save = Path(tempfile.mkdtemp())
+    >>> for name, steps, time in [("CKPT+b", 420, 2.0), ("CKPT+a", 364, 3.0)]:
+    ...     (save / name).mkdir()
+    ...     _ = (save / name / "model.ckpt").write_bytes(b"")
+    ...     _ = (save / name / "CKPT.yaml").write_text(
+    ...         f"steps: {steps}\\nunixtime: {time}\\n")
+    >>> resolve_checkpoint(save)[0].parent.name  # the highest recorded step
+    'CKPT+b'
     """
     path = Path(path)
     if not path.is_dir():
@@ -63,21 +92,86 @@ def resolve_checkpoint(path):
         )
     if (path / "encoder.ckpt").is_file():
         norm = path / "normalizer.ckpt"
+        log_loaded_checkpoint(path / "encoder.ckpt")
         return path / "encoder.ckpt", norm if norm.is_file() else None, ""
     if (path / "model.ckpt").is_file():
+        if (path / PROBE_MARKER).is_file():
+            raise ValueError(_probe_checkpoint_message(path))
         norm = path / "normalize.ckpt"
+        log_loaded_checkpoint(path / "model.ckpt")
         return path / "model.ckpt", norm if norm.is_file() else None, ENCODER_PREFIX
-    ckpts = sorted(
-        (p for p in path.glob("CKPT+*") if (p / "model.ckpt").is_file()),
-        key=os.path.getmtime,
-    )
+    ckpts = [p for p in path.glob("CKPT+*") if (p / "model.ckpt").is_file()]
     if not ckpts:
         raise FileNotFoundError(
             f"No pretrained encoder in {path}: expected encoder.ckpt (an "
             "exported model), model.ckpt (a CKPT+... folder of the BEST-RQ "
             "recipe) or CKPT+... folders (its save folder)."
         )
-    return resolve_checkpoint(ckpts[-1])
+    pretraining = [p for p in ckpts if not (p / PROBE_MARKER).is_file()]
+    if not pretraining:
+        raise ValueError(_probe_checkpoint_message(path))
+
+    def progress(ckpt):
+        step, unixtime = checkpoint_progress(ckpt)
+        return (
+            -1 if step is None else step,
+            float("-inf") if unixtime is None else unixtime,
+            ckpt.name,
+        )
+
+    return resolve_checkpoint(max(pretraining, key=progress))
+
+
+PROBE_MARKER = "weighted_ssl.ckpt"  # the layer weights: only probes save them
+_logged = set()
+
+
+def _probe_checkpoint_message(path):
+    return (
+        f"{path} holds checkpoints of an MP3S probe (their {PROBE_MARKER} is "
+        "the probe's layer weights; their model.ckpt is the probe, not an "
+        "encoder). Give --pretrained_path the BEST-RQ pretraining run's save "
+        "folder (<output_folder>/save), one of its CKPT+... folders, or an "
+        "exported encoder folder (python -m lobes.export)."
+    )
+
+
+def _exported_step(folder):
+    """Pretraining step written in an exported folder's model card, or None."""
+    try:
+        card = (folder / "README.md").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    found = re.search(r"^\| pretraining steps \| (\d+) \|", card, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
+def log_loaded_checkpoint(file):
+    """Logs (once per file and process) which encoder checkpoint is loaded:
+    its path, training step and save time (from the checkpoint's own
+    records, or the model card of an exported folder).
+
+    Arguments
+    ---------
+    file : str or Path
+        ``model.ckpt`` of a ``CKPT+...`` folder or ``encoder.ckpt`` of an
+        exported folder.
+    """
+    file = Path(file)
+    key = str(file.absolute())
+    if key in _logged:
+        return
+    _logged.add(key)
+    if file.name == "encoder.ckpt":
+        step, unixtime = _exported_step(file.parent), None
+    else:
+        step, unixtime = checkpoint_progress(file.parent)
+    when = ""
+    if unixtime is not None:
+        when = ", saved " + datetime.datetime.fromtimestamp(unixtime).isoformat(" ", "seconds")
+    logger.info(
+        f"Pretrained encoder: {file} (step {'unknown' if step is None else step}{when})"
+    )
 
 
 def encoder_state_dict(path):

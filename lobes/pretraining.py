@@ -36,13 +36,20 @@ from lobes.bestrq import (
     pad_to_multiple,
     stack_frames,
 )
-from lobes.dataio import load_audio
-from lobes.training import CPUDistributedMixin, EpochSeededBatchesMixin
+from lobes.dataio import filter_by_duration, load_audio
+from lobes.training import (
+    CPUDistributedMixin,
+    EpochSeededBatchesMixin,
+    ResumableTrainStatsMixin,
+    check_finite_features,
+)
 
 logger = get_logger(__name__)
 
 
-class BestRQBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
+class BestRQBrain(
+    EpochSeededBatchesMixin, CPUDistributedMixin, ResumableTrainStatsMixin, sb.Brain
+):
     """BEST-RQ masked prediction of random-projection codes.
 
     Expects ``modules`` with ``encoder`` (``lobes.encoder.ConformerEncoder``),
@@ -73,6 +80,7 @@ class BestRQBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
         stack = self.hparams.stack_frames
 
         feats = self.hparams.compute_features(wavs)
+        check_finite_features(feats, batch.id)  # before the statistics update
         feats = self.modules.normalize(
             feats, wav_lens, epoch=self.hparams.epoch_counter.current
         )
@@ -121,8 +129,22 @@ class BestRQBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
         return loss
 
     def on_stage_start(self, stage, epoch=None):
-        """Resets the accuracy accumulators."""
+        """Resets the accuracy accumulators (to their checkpointed values
+        when training resumes mid-epoch)."""
         self.acc_sum, self.acc_count = 0.0, 0
+        if stage == sb.Stage.TRAIN:
+            self.restore_train_stats()
+
+    def train_stats_state(self):
+        """The masked-accuracy accumulators, checkpointed."""
+        return {
+            "acc_sum": getattr(self, "acc_sum", 0.0),
+            "acc_count": getattr(self, "acc_count", 0),
+        }
+
+    def load_train_stats_state(self, state):
+        """Restores the accumulators of ``train_stats_state``."""
+        self.acc_sum, self.acc_count = state["acc_sum"], state["acc_count"]
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
         """Steps the LR schedule and writes the step log."""
@@ -192,10 +214,12 @@ def dataio_prepare(hparams):
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(
             csv_path=hparams[f"{split}_csv"]
         )
-        data = data.filtered_sorted(
+        data = filter_by_duration(
+            data,
+            f"{split} ({hparams[f'{split}_csv']})",
+            hparams["avoid_if_shorter_than"],
+            hparams["avoid_if_longer_than"],
             sort_key="duration",
-            key_min_value={"duration": hparams["avoid_if_shorter_than"]},
-            key_max_value={"duration": hparams["avoid_if_longer_than"]},
         )
         if len(data) == 0:
             raise ValueError(

@@ -13,6 +13,8 @@ recipes share lives here:
   the YAML's schedulers (NewBob on a validation metric in most MP3S tasks,
   linear by epoch for the VoxCeleb probe, none for its layer weights);
 * ``layer_weights_summary``: the learned weights, logged each epoch.
+* the training error statistics (``error_metrics``) survive an intra-epoch
+  restart (``lobes.training.ResumableTrainStatsMixin``).
 
 Recipes subclass it with ``compute_forward``/``compute_objectives`` and
 ``on_stage_end``, as in any SpeechBrain recipe.
@@ -22,10 +24,17 @@ Authors
 """
 
 import speechbrain as sb
+import torch
 from speechbrain.nnet.schedulers import NewBobScheduler, update_learning_rate
 from speechbrain.utils.logger import get_logger
+from speechbrain.utils.metric_stats import MetricStats
 
-from lobes.training import CPUDistributedMixin, EpochSeededBatchesMixin
+from lobes.training import (
+    CPUDistributedMixin,
+    EpochSeededBatchesMixin,
+    ResumableTrainStatsMixin,
+    check_finite_features,
+)
 
 logger = get_logger(__name__)
 
@@ -52,7 +61,9 @@ def checkpoint_to_test(which, metric):
     return {"min_key": metric} if which == "best" else {}
 
 
-class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
+class ProbeBrain(
+    EpochSeededBatchesMixin, CPUDistributedMixin, ResumableTrainStatsMixin, sb.Brain
+):
     """MP3S probe on a frozen encoder.
 
     Expects ``modules.weighted_ssl`` (``lobes.weighted_sum.WeightedLayerSum``)
@@ -62,8 +73,9 @@ class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
     schedulers, see ``anneal``; ``null`` keeps a learning rate constant).
     """
 
-    def encode(self, wavs, wav_lens):
-        """Waveforms (B, S) to the weighted layer sum (B, T', D).
+    def encode(self, wavs, wav_lens, ids=None):
+        """Waveforms (B, S) to the weighted layer sum (B, T', D); non-finite
+        features stop with the utterance ``ids`` (B) named.
 
         The encoder masks the padded frames of a batch (``wav_lens``);
         ``encoder_padding_mask: False`` in the YAML gives it no lengths, as
@@ -71,9 +83,23 @@ class ProbeBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
         and an utterance's features depend on its batch.
         """
         feats = self.hparams.compute_features(wavs)
+        check_finite_features(feats, ids if ids is not None else list(range(len(feats))))
         if not getattr(self.hparams, "encoder_padding_mask", True):
             wav_lens = None
         return self.modules.weighted_ssl(feats, wav_lens)
+
+    def train_stats_state(self):
+        """The training epoch's ``error_metrics`` (a ``MetricStats``) of the
+        recipes that track one, checkpointed: IDs and scores."""
+        metrics = getattr(self, "error_metrics", None)
+        if not isinstance(metrics, MetricStats):
+            return None
+        return {"ids": list(metrics.ids), "scores": [float(s) for s in metrics.scores]}
+
+    def load_train_stats_state(self, state):
+        """Puts the checkpointed IDs and scores back into ``error_metrics``."""
+        self.error_metrics.ids = list(state["ids"])
+        self.error_metrics.scores = [torch.tensor(s) for s in state["scores"]]
 
     def init_optimizers(self):
         """One optimizer for the probe, one for the layer weights."""

@@ -3,7 +3,7 @@
 Every ``train.py`` of this repository starts like a SpeechBrain recipe, with
 one call in place of ``load_hyperpyyaml``::
 
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     sb.create_experiment_directory(hparams["output_folder"], hparams_file, overrides)
     record_encoder(hparams)

@@ -1,15 +1,125 @@
-"""``Brain`` mixins shared by every recipe (pretraining and probes).
+"""What every recipe's ``train.py`` shares (pretraining and probes).
 
+* ``parse_arguments``: SpeechBrain's, plus DDP that works on CPU machines
+  (``torchrun`` without GPUs runs on gloo) and clear errors otherwise;
 * ``EpochSeededBatchesMixin``: the batch order depends on seed and epoch
   only, so a resumed run sees the batches an uninterrupted one would;
-* ``CPUDistributedMixin``: DDP on CPU (gloo) for modules with BatchNorm.
+* ``CPUDistributedMixin``: DDP on CPU (gloo) for modules with BatchNorm;
+* ``ResumableTrainStatsMixin``: the training epoch's metrics (accuracy...)
+  are checkpointed, so that after an intra-epoch restart they still cover
+  the whole epoch;
+* ``check_finite_features``: non-finite features stop with the names of the
+  utterances, before they reach a normaliser or an optimizer.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
+import dataclasses
+import os
+
 import speechbrain as sb
 import torch
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+CPU_DDP = "--distributed_backend=gloo --device=cpu"
+
+
+def parse_arguments(argv):
+    """``speechbrain.parse_arguments`` for every recipe: the same outputs,
+    with run options that work under ``torchrun`` on any machine.
+
+    SpeechBrain defaults to the NCCL backend, which needs one GPU per
+    process: ``torchrun --nproc_per_node=2 train.py ...`` on a CPU machine
+    then dies with "Not enough GPUs available!". Here, under ``torchrun``
+    without GPUs, the default becomes gloo on CPU (as if
+    ``--distributed_backend=gloo --device=cpu`` were given); an explicit
+    ``--distributed_backend=nccl`` or ``--device=cuda...`` without GPUs, or
+    more processes than GPUs, stop with what to run instead.
+
+    Arguments
+    ---------
+    argv : list of str
+        The command line, ``sys.argv[1:]``.
+
+    Returns
+    -------
+    hparams_file, run_opts, overrides
+        As ``speechbrain.parse_arguments``.
+
+    Example
+    -------
+    >>> _, run_opts, overrides = parse_arguments(["x.yaml", "--lr=0.1"])
+    >>> run_opts["distributed_backend"], overrides  # not under torchrun
+    ('nccl', 'lr: 0.1')
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    return hparams_file, distributed_run_opts(run_opts), overrides
+
+
+def distributed_run_opts(run_opts, environ=None, n_gpus=None):
+    """The DDP part of ``parse_arguments``: ``run_opts`` (a SpeechBrain
+    ``RunOptions``) for a ``torchrun`` process, given the environment and the
+    number of visible GPUs (defaults: ``os.environ``, CUDA's count).
+
+    Example
+    -------
+    >>> run_opts = sb.parse_arguments(["x.yaml"])[1]
+    >>> torchrun = {"RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    >>> opts = distributed_run_opts(run_opts, torchrun, n_gpus=0)
+    >>> opts["distributed_backend"], opts["device"]
+    ('gloo', 'cpu')
+    >>> distributed_run_opts(run_opts, torchrun, n_gpus=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: torchrun started 2 processes on this machine, which has 1 GPU...
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("RANK") is None or environ.get("LOCAL_RANK") is None:
+        return run_opts  # not started by torchrun
+    n_gpus = torch.cuda.device_count() if n_gpus is None else n_gpus
+    given = run_opts.overridden_args
+    backend, device = run_opts["distributed_backend"], run_opts["device"]
+    if n_gpus == 0 and str(device or "").startswith("cuda"):
+        raise ValueError(
+            f"--device={device} but this machine has no GPU. For DDP on CPU "
+            f"run: torchrun --nproc_per_node=N train.py ... {CPU_DDP}"
+        )
+    if backend != "nccl":
+        return run_opts
+    if n_gpus == 0:
+        if "distributed_backend" in given:
+            raise ValueError(
+                "--distributed_backend=nccl needs one GPU per process and this "
+                "machine has none. For DDP on CPU run: torchrun "
+                f"--nproc_per_node=N train.py ... {CPU_DDP}"
+            )
+        if environ.get("RANK") == "0":
+            logger.warning(
+                f"torchrun on a machine without GPU: DDP on CPU ({CPU_DDP})."
+            )
+        return dataclasses.replace(
+            run_opts,
+            distributed_backend="gloo",
+            device="cpu",
+            overridden_args=set(given) | {"distributed_backend", "device"},
+        )
+    local_rank = int(environ["LOCAL_RANK"])
+    if local_rank >= n_gpus:
+        procs = environ.get("LOCAL_WORLD_SIZE", local_rank + 1)
+        raise ValueError(
+            f"torchrun started {procs} processes on this machine, which has "
+            f"{n_gpus} GPU{'s' if n_gpus > 1 else ''}: NCCL needs one GPU per "
+            f"process. Use --nproc_per_node={n_gpus}, or run the processes on "
+            f"CPU with {CPU_DDP}."
+        )
+    return run_opts
 
 
 class EpochSeededBatchesMixin:
@@ -62,3 +172,105 @@ class CPUDistributedMixin:
                     module, device_ids=None,
                     find_unused_parameters=self.find_unused_parameters,
                 )
+
+
+@register_checkpoint_hooks
+class _TrainStats:
+    """Checkpointable view of a ``ResumableTrainStatsMixin`` Brain's training
+    statistics (``train_stats.ckpt``)."""
+
+    def __init__(self, brain):
+        self.brain = brain
+
+    @mark_as_saver
+    def save(self, path):
+        """Saves the running statistics of the current training epoch."""
+        torch.save({"stats": self.brain.train_stats_state()}, path)
+
+    @mark_as_loader
+    def load(self, path, end_of_epoch=False):
+        """Keeps the statistics of an intra-epoch checkpoint for
+        ``restore_train_stats`` (an end-of-epoch checkpoint starts a new
+        epoch: nothing to restore)."""
+        self.brain._resumed_train_stats = None
+        if not end_of_epoch:
+            self.brain._resumed_train_stats = torch.load(path, weights_only=False)["stats"]
+
+
+class ResumableTrainStatsMixin:
+    """The training epoch's metrics survive an intra-epoch restart.
+
+    SpeechBrain checkpoints the running training loss (``avg_train_loss``)
+    but not a recipe's other statistics: after resuming from an intra-epoch
+    checkpoint, an accuracy accumulated in ``compute_objectives`` would cover
+    only the batches after the restart. With this mixin they are saved in
+    every checkpoint (``train_stats.ckpt``) and, when an intra-epoch
+    checkpoint is recovered, given back by ``restore_train_stats``, which the
+    recipe calls in ``on_stage_start`` after resetting its statistics.
+
+    Subclasses define ``train_stats_state()`` (picklable) and
+    ``load_train_stats_state(state)``. Under DDP the main process's
+    statistics are saved (those it logs).
+    """
+
+    _resumed_train_stats = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.checkpointer is not None:
+            # optional: checkpoints written before this existed still load
+            self.checkpointer.add_recoverable(
+                "train_stats", _TrainStats(self), optional_load=True
+            )
+
+    def train_stats_state(self):
+        """The running training statistics to checkpoint (override)."""
+        return None
+
+    def load_train_stats_state(self, state):
+        """Restores what ``train_stats_state`` returned (override)."""
+        raise NotImplementedError
+
+    def restore_train_stats(self):
+        """Call in ``on_stage_start(TRAIN)``, after the reset: puts back the
+        statistics of the epoch's batches before an intra-epoch restart."""
+        state, self._resumed_train_stats = self._resumed_train_stats, None
+        if state is not None:
+            self.load_train_stats_state(state)
+
+
+def check_finite_features(feats, ids):
+    """Stops on NaN or infinite features, naming the utterances.
+
+    A non-finite value would otherwise reach the global normaliser (whose
+    statistics, and every checkpoint after, would be NaN) or the optimizer.
+    Audio with NaN samples is refused when read (``lobes.dataio``); this
+    catches the rest (e.g. float audio with absurd amplitudes, whose
+    spectrum overflows).
+
+    Arguments
+    ---------
+    feats : torch.Tensor
+        (B, T, F) features.
+    ids : list of str
+        The B utterance IDs.
+
+    Example
+    -------
+    >>> feats = torch.zeros(2, 5, 3)
+    >>> feats[1, 2, 0] = float("nan")
+    >>> check_finite_features(feats, ["u1", "u2"])
+    Traceback (most recent call last):
+    ...
+    ValueError: Non-finite features (NaN or inf) for utterance(s) ['u2']: ...
+    """
+    finite = torch.isfinite(feats).flatten(1).all(dim=1)
+    if bool(finite.all()):
+        return
+    bad = [ids[i] for i in torch.nonzero(~finite).flatten().tolist()]
+    raise ValueError(
+        f"Non-finite features (NaN or inf) for utterance(s) {bad}: their audio "
+        "holds invalid or absurdly large samples. Remove them from the data "
+        "manifest (CSV/JSON) and run the same command again: training "
+        "resumes from the last checkpoint, which this batch did not touch."
+    )

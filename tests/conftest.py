@@ -53,18 +53,24 @@ def demo_data():
     return root
 
 
-def run_recipe(recipe_dir, args, timeout=900, check=True, nproc=1):
+def run_recipe(recipe_dir, args, timeout=900, check=True, nproc=1, backend="gloo",
+               fault=None):
     """Runs ``python train.py *args`` in ``recipe_dir``; returns the process.
 
-    ``nproc > 1``: ``torchrun --nproc_per_node=nproc`` on the gloo backend
-    (CPU DDP), one thread per rank. On failure the recipe's output (all
+    ``nproc > 1``: ``torchrun --nproc_per_node=nproc``, one thread per rank,
+    with ``--distributed_backend=<backend>`` (``None``: the recipe's default,
+    gloo on a machine without GPU). ``fault``: ``(fault, save folder)``, run
+    through ``tests/fault_inject.py``. On failure the recipe's output (all
     ranks') is shown in the assertion message.
     """
     args = [*map(str, args)]
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        args.append("--distributed_backend=gloo")
+        if backend is not None:
+            args.append(f"--distributed_backend={backend}")
+    if fault is not None:
+        launcher += [str(REPO / "tests" / "fault_inject.py"), fault[0], str(fault[1])]
     proc = subprocess.run(
         [*launcher, "train.py", *args],
         cwd=recipe_dir,

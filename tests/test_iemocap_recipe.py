@@ -23,22 +23,23 @@ LOADERS = [
 TINY_ECAPA = ["--channels=[32, 32, 32, 32, 96]", "--emb_dim=16"]
 
 
-def probe(demo_data, pretrained, out, mixer="summarymixing", probe_yaml="linear",
-          epochs=1, extra=(), check=True):
-    return run_recipe(
-        RECIPE,
-        [
-            f"hparams/{probe_yaml}.yaml",
-            f"--pretrained_path={pretrained / 'save'}",
-            f"--data_folder={demo_data / 'IEMOCAP_full_release'}",
-            f"--experiment_folder={out}",
-            f"--number_of_epochs={epochs}",
-            *LOADERS,
-            *(TINY_ECAPA if probe_yaml == "ecapa" else []),
-            *extra,
-        ],
-        check=check,
-    )
+def probe_args(demo_data, pretrained, out, mixer="summarymixing", probe_yaml="linear",
+               epochs=1, extra=()):
+    """Command line of a demo-size probe run on ``pretrained``."""
+    return [
+        f"hparams/{probe_yaml}.yaml",
+        f"--pretrained_path={pretrained / 'save'}",
+        f"--data_folder={demo_data / 'IEMOCAP_full_release'}",
+        f"--experiment_folder={out}",
+        f"--number_of_epochs={epochs}",
+        *LOADERS,
+        *(TINY_ECAPA if probe_yaml == "ecapa" else []),
+        *extra,
+    ]
+
+
+def probe(demo_data, pretrained, out, check=True, **kwargs):
+    return run_recipe(RECIPE, probe_args(demo_data, pretrained, out, **kwargs), check=check)
 
 
 def test_prepare_folds(demo_data, tmp_path):

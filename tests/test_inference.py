@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 import yaml
@@ -165,6 +166,32 @@ def test_extract_cli_writes_one_file_per_input(exported, demo_wavs, tmp_path):
     assert extract_main(["--model", str(folder), "--wav", str(demo_wavs[0]),
                          "--out", str(tmp_path / "w.pt"), "--layers", "weighted",
                          "--layer_weights", "0.5,0.5"]) == 1  # L+1 = 3 weights
+
+
+def test_extract_skipped_files_fail_the_command_and_same_stems_stay_apart(
+    exported, demo_wavs, tmp_path, capsys
+):
+    """--skip_errors goes on past a bad file but exits with status 2 (0 with
+    --allow_skipped); a.wav and a.mp3 of one folder give two outputs."""
+    _, folder = exported
+    audio, rate = sf.read(str(demo_wavs[0]), dtype="float32")
+    same = tmp_path / "in"
+    same.mkdir()
+    sf.write(same / "a.wav", audio, rate)
+    sf.write(same / "a.mp3", audio, rate)
+    bad = same / "b.wav"
+    bad.write_bytes(b"not audio")
+    args = ["--model", str(folder), "--wav", str(same / "a.wav"), str(same / "a.mp3"),
+            str(bad), "--skip_errors"]
+    assert extract_main([*args, "--out", str(tmp_path / "strict")]) == 2
+    err = capsys.readouterr().err
+    assert f"skipped {bad}" in err and "1 of 3 file(s) skipped" in err
+    assert sorted(p.name for p in (tmp_path / "strict").iterdir()) == ["a.mp3.pt", "a.wav.pt"]
+    wav_feats = torch.load(tmp_path / "strict/a.wav.pt")
+    mp3_feats = torch.load(tmp_path / "strict/a.mp3.pt")
+    assert (wav_feats["wav"], mp3_feats["wav"]) == (str(same / "a.wav"), str(same / "a.mp3"))
+    assert extract_main([*args, "--allow_skipped", "--out", str(tmp_path / "lenient")]) == 0
+    assert len(list((tmp_path / "lenient").iterdir())) == 2
 
 
 def test_mismatched_model_folder_is_refused(exported, tmp_path):

@@ -27,7 +27,14 @@ Fold ``test_spk_id`` (1-10) is speaker-independent: that speaker is the test
 set, the other speaker of the same session the validation set, the 8 others
 the training set. ``train.json``, ``valid.json`` and ``test.json`` map each
 turn to ``{"wav": absolute path, "length": seconds, "emo": label, "spk_id":
-n}``.
+n}``
+(``length`` at the file's own sample rate).
+
+With ``check_audio`` every file is decoded once, in parallel, so that a
+truncated or corrupt file stops the preparation (naming it) instead of the
+training; with ``skip_bad_audio`` such files are left out and counted
+instead (``lobes.dataio.scan_audio``; list in
+``<save_folder>/bad_audio_iemocap.txt``).
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -38,8 +45,9 @@ import os
 import re
 from pathlib import Path
 
-import soundfile as sf
 from speechbrain.utils.logger import get_logger
+
+from lobes.dataio import scan_audio
 
 logger = get_logger(__name__)
 CLASSES = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang"}
@@ -186,7 +194,14 @@ def fold_speakers(test_spk_id):
 
 
 def prepare_iemocap(
-    data_folder, save_folder, test_spk_id=1, speaker_assignment="turn_name", skip_prep=False
+    data_folder,
+    save_folder,
+    test_spk_id=1,
+    speaker_assignment="turn_name",
+    skip_prep=False,
+    check_audio=False,
+    skip_bad_audio=False,
+    num_workers=16,
 ):
     """Writes ``train.json``, ``valid.json`` and ``test.json`` of one fold.
 
@@ -204,6 +219,14 @@ def prepare_iemocap(
         assignment, see ``speaker_of``).
     skip_prep : bool
         Do nothing.
+    check_audio : bool
+        Decode every file fully to find truncated or corrupt ones now rather
+        than during training.
+    skip_bad_audio : bool
+        Leave unreadable/truncated files out (counted in the log) instead of
+        stopping.
+    num_workers : int
+        Threads reading (or decoding) the audio files.
 
     Example
     -------
@@ -226,6 +249,8 @@ def prepare_iemocap(
         "data_folder": str(Path(data_folder).resolve()),
         "test_spk_id": test_spk,
         "speaker_assignment": speaker_assignment,
+        "check_audio": bool(check_audio),
+        "skip_bad_audio": bool(skip_bad_audio),
     }
     names = ("train.json", "valid.json", "test.json")
     try:
@@ -236,15 +261,18 @@ def prepare_iemocap(
         logger.info(f"IEMOCAP fold {test_spk} already in {save_folder}: skipping preparation.")
         return
     turns = collect_turns(data_folder, speaker_assignment)
+    infos = scan_audio(
+        [wav for wav, _, _ in turns.values()], check_audio, skip_bad_audio,
+        num_workers, report_file=save_folder / "bad_audio_iemocap.txt",
+        what=f"IEMOCAP {data_folder}",
+    )
     splits = {"train": {}, "valid": {}, "test": {}}
     for turn, (wav, label, spk) in sorted(turns.items()):
+        if wav not in infos:
+            continue
         split = "test" if spk == test_spk else "valid" if spk == valid_spk else "train"
-        try:
-            info = sf.info(wav)
-        except Exception as err:
-            raise ValueError(f"Cannot read audio file {wav} ({err}): corrupt or truncated.") from err
         splits[split][turn] = {
-            "wav": wav, "length": round(info.frames / info.samplerate, 5),
+            "wav": wav, "length": round(infos[wav].duration, 5),
             "emo": label, "spk_id": spk,
         }
     save_folder.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
+from lobes.training import parse_arguments
 from lobes.dataio import load_audio
 from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain
@@ -51,7 +52,7 @@ class EmotionBrain(ProbeBrain):
         """Log-probabilities of the 4 classes, (B, 1, 4)."""
         batch = batch.to(self.device)
         wavs, lens = batch.sig
-        feats = self.encode(wavs, lens)
+        feats = self.encode(wavs, lens, batch.id)
         if hasattr(self.modules, "embedding_model"):
             outputs = self.modules.classifier(self.modules.embedding_model(feats, lens))
         else:
@@ -67,8 +68,11 @@ class EmotionBrain(ProbeBrain):
         return loss
 
     def on_stage_start(self, stage, epoch=None):
-        """Resets the classification-error statistics."""
+        """Resets the classification-error statistics (to the checkpointed
+        ones when training resumes mid-epoch)."""
         self.error_metrics = self.hparams.error_stats()
+        if stage == sb.Stage.TRAIN:
+            self.restore_train_stats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs loss, accuracy and layer weights; anneals on the validation
@@ -143,7 +147,7 @@ def dataio_prepare(hparams):
 
 def run_fold(argv):
     """Trains and tests one fold (``argv``: the command-line arguments)."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     sb.create_experiment_directory(
@@ -163,6 +167,8 @@ def run_fold(argv):
             "test_spk_id": hparams["test_spk_id"],
             "speaker_assignment": hparams["speaker_assignment"],
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
     train_data, valid_data, test_data = dataio_prepare(hparams)
@@ -196,7 +202,7 @@ def run_all_folds(argv):
         i = argv.index("--test_spk_id")
         del argv[i : i + 2]
     argv = [a for a in argv if not a.startswith("--test_spk_id=")]
-    hparams_file, _, overrides = sb.parse_arguments(argv)
+    hparams_file, _, overrides = parse_arguments(argv)
     with tempfile.TemporaryDirectory() as tmp:  # no checkpoint folder of a fold
         hparams, _ = load_hparams(
             hparams_file, f"{overrides or ''}\nsave_folder: {tmp}\n", REQUIRED_KEYS

@@ -6,7 +6,8 @@ columns ``ID, duration, wav, scenario, action, intent, semantics,
 transcript``:
 
 * ``ID``: ``<slurp_id>_<recording file stem>`` (a recording is unique);
-* ``duration``: seconds, from the FLAC header (``soundfile.info``);
+* ``duration``: seconds, from the FLAC header (``soundfile.info``), at the
+  file's own sample rate;
 * ``wav``: the absolute path of the FLAC file;
 * ``scenario``: one of SLURP's 18 scenarios (``alarm``, ``iot``, ...);
 * ``action``: the action (``set``, ``hue_lightoff``, ...);
@@ -31,6 +32,12 @@ audio/slurp_real.tar.gz -C audio``)::
 ``<data_folder>/slurp_real/`` and jsonl files directly in ``<data_folder>``
 (SpeechBrain's SLURP layout) are found too.
 
+A corrupt recording stops the preparation with a message naming it. With
+``check_audio`` every file is decoded once, in parallel, so that a truncated
+one is found now rather than during training; with ``skip_bad_audio`` such
+files are left out and counted instead (``lobes.dataio.scan_audio``; list in
+``<save_folder>/bad_audio_<split>.txt``).
+
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
@@ -39,11 +46,11 @@ import csv
 import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import soundfile as sf
 from speechbrain.utils.logger import get_logger
+
+from lobes.dataio import scan_audio
 
 logger = get_logger(__name__)
 SPLITS = ("train", "devel", "test")
@@ -58,7 +65,15 @@ DOWNLOAD_HINT = (
 ENTITY = re.compile(r"\[\s*([^:\]]+?)\s*:\s*([^\]]*?)\s*\]")
 
 
-def prepare_slurp(data_folder, save_folder, splits=SPLITS, skip_prep=False, num_workers=16):
+def prepare_slurp(
+    data_folder,
+    save_folder,
+    splits=SPLITS,
+    skip_prep=False,
+    num_workers=16,
+    check_audio=False,
+    skip_bad_audio=False,
+):
     """Writes ``<save_folder>/<split>.csv`` for each SLURP split.
 
     A CSV made before from the same data folder (recorded in
@@ -75,7 +90,13 @@ def prepare_slurp(data_folder, save_folder, splits=SPLITS, skip_prep=False, num_
     skip_prep : bool
         If True, do nothing.
     num_workers : int
-        Threads reading the audio headers.
+        Threads reading the audio headers (or decoding the files).
+    check_audio : bool
+        Decode every file fully to find truncated or corrupt ones now rather
+        than during training.
+    skip_bad_audio : bool
+        Leave unreadable/truncated files out (counted in the log) instead of
+        stopping.
 
     Raises
     ------
@@ -83,6 +104,9 @@ def prepare_slurp(data_folder, save_folder, splits=SPLITS, skip_prep=False, num_
         ``data_folder``, a jsonl file or an audio file is missing.
     ValueError
         A jsonl line is not a SLURP entry.
+    lobes.dataio.BadAudioError
+        Unreadable (corrupt, truncated) audio files, all named, unless
+        ``skip_bad_audio``.
 
     Example
     -------
@@ -102,7 +126,12 @@ def prepare_slurp(data_folder, save_folder, splits=SPLITS, skip_prep=False, num_
     if unknown:
         raise ValueError(f"Unknown SLURP splits {sorted(unknown)}: choose from {SPLITS}.")
     save_folder.mkdir(parents=True, exist_ok=True)
-    record = {"data_folder": str(data_folder.resolve()), "version": 1}
+    record = {
+        "data_folder": str(data_folder.resolve()),
+        "version": 1,
+        "check_audio": bool(check_audio),
+        "skip_bad_audio": bool(skip_bad_audio),
+    }
     opts_path = save_folder / OPTS_FILE
     done = json.loads(opts_path.read_text()) if opts_path.is_file() else {}
     audio_folder = _find(data_folder, ["audio/slurp_real", "slurp_real"], "slurp_real audio folder")
@@ -114,7 +143,10 @@ def prepare_slurp(data_folder, save_folder, splits=SPLITS, skip_prep=False, num_
         jsonl = _find(
             data_folder, [f"dataset/slurp/{split}.jsonl", f"{split}.jsonl"], f"{split}.jsonl"
         )
-        rows = split_rows(jsonl, audio_folder, num_workers)
+        rows = split_rows(
+            jsonl, audio_folder, num_workers, check_audio, skip_bad_audio,
+            report_file=save_folder / f"bad_audio_{split}.txt",
+        )
         _write_csv(csv_path, rows)
         logger.info(f"Wrote {csv_path} ({len(rows)} recordings).")
         done[split] = record
@@ -142,9 +174,11 @@ def parse_entities(annotation):
     return [{"type": t, "filler": f} for t, f in ENTITY.findall(annotation)]
 
 
-def split_rows(jsonl, audio_folder, num_workers=16):
+def split_rows(jsonl, audio_folder, num_workers=16, check_audio=False,
+               skip_bad_audio=False, report_file=None):
     """CSV rows (lists in ``HEADER`` order) of the real recordings listed in
-    ``jsonl``, whose files are in ``audio_folder``."""
+    ``jsonl``, whose files are in ``audio_folder`` (unusable files left out
+    with ``skip_bad_audio``; see ``lobes.dataio.scan_audio``)."""
     entries = []
     with open(jsonl, encoding="utf-8") as fin:
         for number, line in enumerate(fin, 1):
@@ -171,18 +205,22 @@ def split_rows(jsonl, audio_folder, num_workers=16):
             f"(e.g. {', '.join(missing[:3])}): is the audio fully extracted? {DOWNLOAD_HINT}"
         )
 
-    def row(job):
-        (slurp_id, scenario, action, sentence, annotation, _), file = job
-        path = (audio_folder / file).resolve()
+    infos = scan_audio(
+        [(audio_folder / f).resolve() for _, f in jobs], check_audio, skip_bad_audio,
+        num_workers, report_file, what=f"SLURP recordings of {jsonl}",
+    )
+    rows = []
+    for (slurp_id, scenario, action, sentence, annotation, _), file in jobs:
+        path = str((audio_folder / file).resolve())
+        if path not in infos:
+            continue
         semantics = {"scenario": scenario, "action": action,
                      "entities": parse_entities(annotation)}
-        return [
-            f"{slurp_id}_{Path(file).stem}", f"{sf.info(str(path)).duration:.3f}", str(path),
+        rows.append([
+            f"{slurp_id}_{Path(file).stem}", f"{infos[path].duration:.3f}", path,
             scenario, action, f"{scenario}_{action}", json.dumps(semantics), sentence,
-        ]
-
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        return list(pool.map(row, jobs))
+        ])
+    return rows
 
 
 def _write_csv(path, rows):

@@ -36,7 +36,8 @@ import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
-from lobes.dataio import load_audio
+from lobes.training import parse_arguments
+from lobes.dataio import filter_by_duration, load_audio
 from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain
 from lobes.recipe import load_hparams, record_encoder
@@ -77,7 +78,7 @@ class IntentBrain(ProbeBrain):
         """Waveforms -> log-probabilities of each task, {task: (B, 1, C)}."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        feats = self.encode(wavs, wav_lens)  # (B, T', D)
+        feats = self.encode(wavs, wav_lens, batch.id)  # (B, T', D)
         if "rnn" in self.modules:
             # packed by length (pack_lstm: True), or padded as in MP3S
             lengths = wav_lens if self.hparams.pack_lstm else None
@@ -158,14 +159,12 @@ def dataio_prepare(hparams):
     """
     datasets = {}
     for name in ("train", "valid", "test"):
-        datasets[name] = sb.dataio.dataset.DynamicItemDataset.from_csv(
-            hparams[f"{name}_csv"]
-        )
-    for name in ("valid", "test"):
-        datasets[name] = datasets[name].filtered_sorted(sort_key="duration")
-    if hparams["avoid_if_longer_than"] is not None:
-        datasets["train"] = datasets["train"].filtered_sorted(
-            key_max_value={"duration": hparams["avoid_if_longer_than"]}
+        data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams[f"{name}_csv"])
+        # MP3S keeps every devel/test recording; training may drop the longest.
+        limit = hparams["avoid_if_longer_than"] if name == "train" else None
+        datasets[name] = filter_by_duration(
+            data, name, max_duration=limit,
+            sort_key="duration" if name != "train" else None,
         )
     if hparams["sorting"] in ("ascending", "descending"):
         datasets["train"] = datasets["train"].filtered_sorted(
@@ -225,7 +224,7 @@ def add_heads(hparams, encoders):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     hparams["tasks"] = check_tasks(hparams["tasks"])
@@ -244,6 +243,8 @@ if __name__ == "__main__":
             "data_folder": hparams["data_folder"],
             "save_folder": hparams["output_folder"],
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
     datasets, encoders = dataio_prepare(hparams)

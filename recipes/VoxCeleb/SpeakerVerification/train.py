@@ -25,7 +25,6 @@ Authors
 """
 
 import os
-import random
 import sys
 
 import speechbrain as sb
@@ -34,7 +33,8 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import EER, minDCF
 
-from lobes.dataio import load_audio
+from lobes.training import parse_arguments
+from lobes.dataio import load_audio, load_audio_crop
 from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain, checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
@@ -52,12 +52,12 @@ class SpeakerBrain(ProbeBrain):
         """Cosine scores against every training speaker, (B, 1, n_spk)."""
         batch = batch.to(self.device)
         wavs, lens = batch.sig
-        embeddings = self.embed_batch(wavs, lens)
+        embeddings = self.embed_batch(wavs, lens, batch.id)
         return self.modules.classifier(embeddings), lens
 
-    def embed_batch(self, wavs, lens):
+    def embed_batch(self, wavs, lens, ids=None):
         """Speaker embeddings (B, 1, emb_dim) of waveforms (B, S)."""
-        feats = self.encode(wavs, lens)
+        feats = self.encode(wavs, lens, ids)
         return self.modules.embedding_model(feats, lens)
 
     def compute_objectives(self, predictions, batch, stage):
@@ -69,8 +69,11 @@ class SpeakerBrain(ProbeBrain):
         return loss
 
     def on_stage_start(self, stage, epoch=None):
-        """Resets the classification-error statistics."""
+        """Resets the classification-error statistics (to the checkpointed
+        ones when training resumes mid-epoch)."""
         self.error_metrics = self.hparams.error_stats()
+        if stage == sb.Stage.TRAIN:
+            self.restore_train_stats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs loss, accuracy and layer weights; anneals the learning rates
@@ -101,7 +104,7 @@ class SpeakerBrain(ProbeBrain):
             for batch in loader:
                 batch = batch.to(self.device)
                 wavs, lens = batch.sig
-                emb = self.embed_batch(wavs, lens).squeeze(1).float().cpu()
+                emb = self.embed_batch(wavs, lens, batch.id).squeeze(1).float().cpu()
                 embeddings.update(zip(batch.id, emb))
         return embeddings
 
@@ -178,17 +181,19 @@ def dataio_prepare(hparams):
         for name in ("train", "dev", "enrol", "test")
     }
     sample_rate = hparams["sample_rate"]
-    crop = int(hparams["sentence_len"] * sample_rate)
+    seconds = hparams["sentence_len"]
 
     random_chunk = hparams["random_chunk"]
 
-    @sb.utils.data_pipeline.takes("wav", "duration", "start", "stop")
+    # A training row (one chunk) is a random crop anywhere in its utterance
+    # (MP3S) or the chunk itself. Crops are placed with each file's own
+    # sample rate and length, then resampled (an 8 kHz file gives a 3-s crop
+    # too); chunk bounds are the file's own samples (voxceleb_prepare).
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")
-    def train_audio(wav, duration, start, stop):
+    def train_audio(wav, start, stop):
         if random_chunk:
-            n = round(float(duration) * sample_rate)
-            start = random.randint(0, n - crop) if n > crop else 0
-            stop = start + crop
+            return load_audio_crop(wav, seconds, sample_rate, "random")
         return load_audio({"file": wav, "start": start, "stop": stop}, sample_rate)
 
     @sb.utils.data_pipeline.takes("wav", "start", "stop")
@@ -235,7 +240,7 @@ def dataio_prepare(hparams):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     checkpoint_to_test(hparams["test_checkpoint"], "error_rate")  # a typo fails now
@@ -259,6 +264,8 @@ if __name__ == "__main__":
             "amp_th": hparams["amp_th"],
             "seed": hparams["seed"],
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
     train_data, valid_data, enrol_data, test_data, _ = dataio_prepare(hparams)
@@ -283,6 +290,15 @@ if __name__ == "__main__":
         (label, enrol[: -len(".wav")], test[: -len(".wav")])
         for label, enrol, test in read_trials(hparams["verification_file"])
     ]
+    # trials whose files the preparation skipped (skip_bad_audio) are left out
+    prepared = set(enrol_data.data_ids) | set(test_data.data_ids)
+    kept = [t for t in trials if t[1] in prepared and t[2] in prepared]
+    if len(kept) < len(trials):
+        logger.warning(
+            f"{len(trials) - len(kept)} of {len(trials)} trials left out: the "
+            "preparation skipped their audio files (skip_bad_audio)."
+        )
+    trials = kept
     eer, min_dcf = brain.verify(enrol_data, test_data, trials)
     # minDCF as SpeechBrain computes it, and normalised by the cost of the
     # best trivial system, min(p_target, 1 - p_target) (the usual report)

@@ -23,8 +23,16 @@ start, stop, spk_id``; ``duration`` is the whole utterance's, in seconds,
   the trial list, one row per file, whose IDs are the trial paths without
   ``.wav`` (what ``train.py`` scores).
 
-``wav`` holds absolute paths. A preparation that already ran with the same
-options (``<save_folder>/voxceleb_prepare.json``) is skipped.
+``wav`` holds absolute paths; ``duration`` is in seconds, at each file's own
+sample rate. A preparation that already ran with the same options
+(``<save_folder>/voxceleb_prepare.json``) is skipped.
+
+With ``check_audio`` every file is decoded once, in parallel, so that a
+truncated or corrupt file stops the preparation (naming it) instead of the
+training; with ``skip_bad_audio`` such files are left out and counted
+instead (``lobes.dataio.scan_audio``; list in
+``<save_folder>/bad_audio_voxceleb.txt``), and so are the trials that use
+them.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -38,6 +46,8 @@ from pathlib import Path
 
 import soundfile as sf
 from speechbrain.utils.logger import get_logger
+
+from lobes.dataio import scan_audio
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
@@ -143,6 +153,9 @@ def prepare_voxceleb(
     amp_th=5e-4,
     seed=1234,
     skip_prep=False,
+    check_audio=False,
+    skip_bad_audio=False,
+    num_workers=16,
 ):
     """Writes ``train.csv``, ``dev.csv``, ``enrol.csv`` and ``test.csv``.
 
@@ -165,6 +178,14 @@ def prepare_voxceleb(
         Seed of the train/dev split.
     skip_prep : bool
         Do nothing.
+    check_audio : bool
+        Decode every file fully to find truncated or corrupt ones now rather
+        than during training.
+    skip_bad_audio : bool
+        Leave unreadable/truncated files (and the trials using them) out,
+        counted in the log, instead of stopping.
+    num_workers : int
+        Threads reading (or decoding) the audio files.
 
     Raises
     ------
@@ -172,7 +193,10 @@ def prepare_voxceleb(
         No ``wav`` folder, no trial list, or a trial file missing.
     ValueError
         A malformed trial list, no training speaker left, a training speaker
-        without any chunk, unreadable audio.
+        without any chunk.
+    lobes.dataio.BadAudioError
+        Unreadable (corrupt, truncated) audio files, all named, unless
+        ``skip_bad_audio``.
 
     Example
     -------
@@ -203,6 +227,8 @@ def prepare_voxceleb(
         "seg_dur": seg_dur,
         "amp_th": amp_th,
         "seed": seed,
+        "check_audio": bool(check_audio),
+        "skip_bad_audio": bool(skip_bad_audio),
     }
     try:
         done = json.loads((save_folder / OPTS_FILE).read_text())
@@ -214,6 +240,7 @@ def prepare_voxceleb(
 
     trials = read_trials(verification_file)
     test_files = sorted({p for _, e, t in trials for p in (e, t)})
+    n_trials = len(trials)
     test_speakers = {p.split("/")[0] for p in test_files}
     for rel in test_files:
         if not (wav_dir / rel).is_file():
@@ -229,11 +256,29 @@ def prepare_voxceleb(
         wavs = sorted(str(p) for p in spk_dir.rglob("*.wav"))
         if wavs:
             by_speaker[spk_dir.name] = wavs
+    infos = scan_audio(
+        [w for wavs in by_speaker.values() for w in wavs]
+        + [str(wav_dir / rel) for rel in test_files],
+        check_audio, skip_bad_audio, num_workers,
+        report_file=save_folder / "bad_audio_voxceleb.txt", what=f"VoxCeleb {wav_dir}",
+    )
+    by_speaker = {
+        spk: [w for w in wavs if w in infos] for spk, wavs in by_speaker.items()
+    }
+    by_speaker = {spk: wavs for spk, wavs in by_speaker.items() if wavs}
+    trials = [t for t in trials if all(str(wav_dir / p) in infos for p in t[1:])]
+    if len(trials) < n_trials:
+        logger.warning(
+            f"{n_trials - len(trials)} of {n_trials} trials of {verification_file} "
+            "left out: they use audio files that were skipped (skip_bad_audio)."
+        )
     if not by_speaker:
         raise ValueError(
             f"No training speaker in {wav_dir}: every speaker folder is in the "
-            f"trial list {verification_file} or has no .wav file. {HINT}"
+            f"trial list {verification_file} or has no usable .wav file. {HINT}"
         )
+    if not trials:
+        raise ValueError(f"No trial of {verification_file} is left: its files were skipped.")
 
     rng = random.Random(seed)
     train, dev = [], []
@@ -263,7 +308,7 @@ def prepare_voxceleb(
     test = sorted({t for _, _, t in trials})
     for name, files in (("enrol.csv", enrol), ("test.csv", test)):
         items = [(str(wav_dir / rel), rel.split("/")[0]) for rel in files]
-        _write_csv(save_folder / name, _whole_rows(items, wav_dir))
+        _write_csv(save_folder / name, _whole_rows(items, wav_dir, infos))
     (save_folder / OPTS_FILE).write_text(json.dumps(opts, indent=1))
     logger.info(
         f"VoxCeleb: {len(by_speaker)} training speakers ({len(train)} train / "
@@ -307,18 +352,14 @@ def _chunk_rows(items, wav_dir, seg_dur, amp_th):
     return rows
 
 
-def _whole_rows(items, wav_dir):
-    """CSV rows of whole utterances ``items`` [(path, speaker)]."""
+def _whole_rows(items, wav_dir, infos):
+    """CSV rows of whole utterances ``items`` [(path, speaker)]; ``infos``:
+    the ``scan_audio`` result (frames at the file's own rate)."""
     rows = []
     for path, spk in items:
-        try:
-            info = sf.info(path)
-            if info.frames <= 0:
-                raise RuntimeError("no audio frames")
-        except Exception as err:
-            raise _read_error(path, err) from err
+        info = infos[path]
         rows.append([
-            _utt_id(path, wav_dir), info.frames / info.samplerate,
+            _utt_id(path, wav_dir), round(info.duration, 5),
             os.path.abspath(path), 0, info.frames, spk,
         ])
     return rows

@@ -47,6 +47,7 @@ from lobes.asr_probe import (
 from lobes.dataio import load_audio
 from lobes.pretrained import load_pretrained
 from lobes.recipe import load_hparams, record_encoder
+from lobes.training import parse_arguments
 
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
 REQUIRED_KEYS = ("pretrained_path", "weighted_ssl", "language", "output_neurons")
@@ -78,7 +79,7 @@ def dataio_prepare(hparams):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     sb.create_experiment_directory(

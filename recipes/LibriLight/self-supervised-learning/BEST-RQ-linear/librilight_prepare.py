@@ -32,6 +32,12 @@ JSON, or whose JSON has no (or an empty) ``voice_activity``, is cut into
 equal windows of at most ``max_segment_duration`` seconds over the whole
 file (a warning says how many files this happened to).
 
+Audio check: with ``check_audio`` every long file is decoded once, in
+parallel, so that a truncated or corrupt file stops the preparation (naming
+it) instead of the training; with ``skip_bad_audio`` such files are left out
+and counted instead (``lobes.dataio.scan_audio``; their list is written to
+``<save_folder>/bad_audio_librilight_<split>.txt``).
+
 Validation: the LibriLight recipe validates on LibriSpeech ``dev-clean``,
 prepared by ``lobes.librispeech_prepare`` (LibriLight has no dev split of its
 own; its speakers exclude LibriSpeech's dev/test speakers).
@@ -47,8 +53,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import soundfile as sf
 from speechbrain.utils.logger import get_logger
+
+from lobes.dataio import scan_audio
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
@@ -72,6 +79,8 @@ def prepare_librilight(
     skip_prep=False,
     csv_name="train.csv",
     num_workers=16,
+    check_audio=False,
+    skip_bad_audio=False,
 ):
     """Writes ``<save_folder>/<csv_name>``: VAD-based segments of LibriLight.
 
@@ -93,15 +102,26 @@ def prepare_librilight(
     csv_name : str
         File name of the CSV.
     num_workers : int
-        Threads reading the audio headers and JSON files.
+        Threads reading the audio headers and JSON files (or decoding the
+        audio, ``check_audio``).
+    check_audio : bool
+        Decode every file fully to find truncated or corrupt ones now rather
+        than during training (reads the whole corpus once).
+    skip_bad_audio : bool
+        Leave unreadable/truncated files out (counted in the log, listed in
+        ``<save_folder>/bad_audio_librilight_<split>.txt``) instead of
+        stopping.
 
     Raises
     ------
     FileNotFoundError
         Missing data folder or split folder.
     ValueError
-        Bad durations, a split without FLAC files, an unreadable (corrupt)
-        audio file or JSON file (the message names the file).
+        Bad durations, a split without FLAC files, an unreadable JSON file
+        (the message names the file).
+    lobes.dataio.BadAudioError
+        Unreadable (corrupt, truncated) audio files, all named, unless
+        ``skip_bad_audio``.
 
     Example
     -------
@@ -132,6 +152,8 @@ def prepare_librilight(
         "splits": list(splits),
         "max_segment_duration": max_segment_duration,
         "min_segment_duration": min_segment_duration,
+        "check_audio": bool(check_audio),
+        "skip_bad_audio": bool(skip_bad_audio),
     }
     if csv_file.exists() and _load_opts(save_folder).get(csv_name) == opts:
         logger.info(f"{csv_file} already made with the same options: skipping preparation.")
@@ -141,13 +163,19 @@ def prepare_librilight(
     for split in splits:
         files = _list_flacs(data_folder, split)
         n_files += len(files)
-        logger.info(f"LibriLight {split}: segmenting {len(files)} files ...")
+        infos = scan_audio(
+            files, check_audio, skip_bad_audio, num_workers,
+            report_file=save_folder / f"bad_audio_librilight_{split}.txt",
+            what=f"LibriLight {split} (re-extract {split}.tar)",
+        )
+        logger.info(f"LibriLight {split}: segmenting {len(infos)} files ...")
         with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
             results = pool.map(
                 lambda f: _segment_file(
-                    f, data_folder / split, split, max_segment_duration, min_segment_duration
+                    f, infos[f], data_folder / split, split, max_segment_duration,
+                    min_segment_duration,
                 ),
-                files,
+                infos,
             )
             for file_rows, fallback, dropped, duration in results:
                 rows += file_rows
@@ -264,18 +292,10 @@ def _list_flacs(data_folder, split):
     return sorted(flacs)
 
 
-def _segment_file(flac, split_dir, split, max_len, min_len):
-    """CSV rows of one long file; also (used fallback, dropped count, seconds)."""
-    try:
-        info = sf.info(flac)
-        if info.frames <= 0 or info.samplerate <= 0:
-            raise RuntimeError("no audio frames")
-    except Exception as err:
-        raise ValueError(
-            f"Cannot read audio file {flac} ({err}): the file is corrupt or truncated; "
-            "re-extract it or delete it."
-        ) from err
-    sr, frames = info.samplerate, info.frames
+def _segment_file(flac, info, split_dir, split, max_len, min_len):
+    """CSV rows of one long file (``info``: its ``lobes.dataio.AudioInfo``);
+    also (used fallback, dropped count, seconds)."""
+    sr, frames = info.sample_rate, info.frames
     duration = frames / sr
     rel = Path(flac).relative_to(split_dir)  # <speaker>/<book>/<file>.flac
     spk = rel.parts[0] if len(rel.parts) > 1 else "unknown"

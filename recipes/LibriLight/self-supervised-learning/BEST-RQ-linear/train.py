@@ -21,6 +21,7 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
+from lobes.training import parse_arguments
 from lobes.pretraining import BestRQBrain, dataio_prepare
 from lobes.export import export_encoder
 from lobes.recipe import load_hparams, record_encoder
@@ -29,7 +30,7 @@ from lobes.recipe import load_hparams, record_encoder
 REQUIRED_KEYS = ("train_splits", "valid_data_folder", "max_segment_duration", "mask_prob", "quantizer", "head")
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
 
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
@@ -52,6 +53,8 @@ if __name__ == "__main__":
             "max_segment_duration": hparams["max_segment_duration"],
             "min_segment_duration": hparams["avoid_if_shorter_than"],
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
     run_on_main(
@@ -61,6 +64,8 @@ if __name__ == "__main__":
             "save_folder": hparams["output_folder"],
             "dev_splits": hparams["dev_splits"],
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
 

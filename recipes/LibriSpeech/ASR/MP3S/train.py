@@ -46,7 +46,8 @@ import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
-from lobes.dataio import load_audio
+from lobes.training import parse_arguments
+from lobes.dataio import filter_by_duration, load_audio
 from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain, checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
@@ -64,7 +65,7 @@ class ASRProbe(ProbeBrain):
         training, the greedy (and at test, beam-search) hypotheses."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        feats = self.encode(wavs, wav_lens)  # (B, T', D)
+        feats = self.encode(wavs, wav_lens, batch.id)  # (B, T', D)
         enc = self.modules.enc
         if "lengths" in inspect.signature(enc.forward).parameters:  # RNNs
             # packed by length (pack_lstm: True), or padded as in MP3S
@@ -163,17 +164,17 @@ def dataio_prepare(hparams):
         ``save_folder``).
     """
     train_data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams["train_csv"])
-    limits = {
-        "key_max_value": {"duration": hparams["avoid_if_longer_than"]},
-        "key_min_value": {"duration": hparams["avoid_if_shorter_than"]},
-    }
+    limits = [
+        "train", hparams["avoid_if_shorter_than"], hparams["avoid_if_longer_than"]
+    ]
     if hparams["sorting"] in ("ascending", "descending"):
-        train_data = train_data.filtered_sorted(
-            sort_key="duration", reverse=hparams["sorting"] == "descending", **limits
+        train_data = filter_by_duration(
+            train_data, *limits,
+            sort_key="duration", reverse=hparams["sorting"] == "descending",
         )
         hparams["train_dataloader_opts"]["shuffle"] = False
     elif hparams["sorting"] == "random":
-        train_data = train_data.filtered_sorted(**limits)
+        train_data = filter_by_duration(train_data, *limits)
     else:
         raise ValueError(
             f"sorting: {hparams['sorting']!r} in the YAML; use random, ascending or descending."
@@ -367,7 +368,7 @@ def make_test_searcher(hparams, label_encoder):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     check_lm_decoding(hparams)  # now, not after training
@@ -392,6 +393,8 @@ if __name__ == "__main__":
             "merge_lst": hparams["train_splits"],
             "merge_name": "train.csv",
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
     train_data, valid_data, test_datasets, label_encoder = dataio_prepare(hparams)

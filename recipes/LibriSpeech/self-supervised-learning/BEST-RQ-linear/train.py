@@ -25,6 +25,7 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
+from lobes.training import parse_arguments
 from lobes.pretraining import BestRQBrain, dataio_prepare
 from lobes.export import export_encoder
 from lobes.recipe import load_hparams, record_encoder
@@ -33,7 +34,7 @@ from lobes.recipe import load_hparams, record_encoder
 REQUIRED_KEYS = ("train_splits", "train_csv", "valid_csv", "mask_prob", "quantizer", "head")
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
 
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
@@ -57,6 +58,8 @@ if __name__ == "__main__":
             "merge_lst": hparams["train_splits"],
             "merge_name": "train.csv",
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
 
