@@ -15,7 +15,8 @@ tasks is the data (each recipe's ``dataio_prepare``) and the output units:
 * subwords (CommonVoice): a SentencePiece model (BPE, 100 units in MP3S)
   trained on the training transcripts (:func:`subword_tokenizer`).
 
-A recipe's ``train.py`` keeps SpeechBrain's usual shape: it prepares the
+(The LibriSpeech recipe, older, still defines the same probe in its own
+``train.py``.) A recipe's ``train.py`` keeps SpeechBrain's usual shape: it prepares the
 data, builds its datasets and audio pipeline, then uses the pieces here::
 
     train, valid, tests = load_datasets(hparams)

@@ -29,7 +29,7 @@ the words' lengths (espeak-ng gives no word timings).
 
 Speakers and split (MP3S's): training speakers s01-s04 (tracks ``a`` and
 ``b``, ~45 s each), validation s36-s37 and test s38-s40 (one ~35 s track
-each): about 9 minutes of audio, ~15 s to make on 2 cores.
+each): about 10 minutes of audio, ~10 s to make on 2 cores.
 
 ``<out_root>/Buckeye/.demo_segments.json`` (not part of the real layout)
 lists, per track, the runs the generator said with their times and whether

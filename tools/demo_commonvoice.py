@@ -25,7 +25,7 @@ voices with its voice variants (one variant, speed and pitch per speaker).
 A few sentences have fewer than three words or doubled spaces, which MP3S's
 normalisation drops or collapses. Per language: 6 training speakers x 12
 clips, 3 validation and 3 test speakers x 5 clips, plus 9 clips outside the
-splits: about 7 minutes of audio, ~15 s to make on 2 cores.
+splits: about 6 minutes of audio per language, ~20 s to make on 2 cores.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026

@@ -7,7 +7,7 @@
 # mixer.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY="$ROOT/.venv/bin/python"
+PY=${PY:-$ROOT/.venv/bin/python}
 MIXER=${MIXER:-summarymixing}
 OUT=${OUT:-$ROOT/results/demo_bestrq_$MIXER}
 EPOCHS=${EPOCHS:-15}
