@@ -189,6 +189,14 @@ def selective_scan(u, delta, A, B, C, D=None, chunk_size=64):
     return y.permute(1, 2, 0).to(dtype)
 
 
+@torch.compiler.disable
+def _selective_scan_eager(*args):
+    """``selective_scan`` (looked up at call time), kept out of
+    ``torch.compile`` graphs: its loop over frames would be unrolled into
+    thousands of nodes; compiled models call it eagerly (a graph break)."""
+    return selective_scan(*args)
+
+
 def selective_scan_ref(u, delta, A, B, C, D=None):
     """The same scan, one frame at a time (a slow reference for tests).
 
@@ -353,7 +361,7 @@ class MambaBlock(nn.Module):
             self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1
         )
         delta = F.softplus(self.dt_proj(dt))  # (B, T, D_in)
-        y = selective_scan(
+        y = _selective_scan_eager(
             u.transpose(1, 2),
             delta.transpose(1, 2),
             A,
