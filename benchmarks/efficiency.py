@@ -30,10 +30,13 @@ Protocols (``--protocol``):
   sentence normalisation, BEST-RQ quantiser targets, span mask and noise,
   then *timed*: front-end + encoder + head; then the masked cross-entropy
   (``--paper-backward`` adds its backward, which their script does not do).
-  fp16 autocast on CUDA; on CPU fp32 unless ``--precision bf16``. Memory is
-  the peak of the whole step *including the weights*: CUDA
-  ``max_memory_allocated`` (as theirs), CPU the peak resident set size over
-  the resident set size before the model was built.
+  fp16 autocast on CUDA; on CPU fp32 unless ``--precisions bf16``. Memory
+  is the peak of the whole step *including the weights*: CUDA
+  ``max_memory_allocated`` during the step over what was allocated before
+  it, plus what the point allocated when built (weights, buffers, input):
+  their absolute ``max_memory_allocated`` when the point has its process to
+  itself, and still right with ``--inprocess``; CPU the peak resident set
+  size over the resident set size before the model was built.
 
 Timing (both protocols): per point ``--warmup`` untimed runs then
 ``--repeats`` (>= 5) timed runs, *interleaved*: the models of a length (or,
@@ -832,6 +835,7 @@ class Point:
         self.precision = precision
         gc.collect()
         self.rss_before_model = None if self.cuda else current_rss_mb()
+        cuda_before = torch.cuda.memory_allocated() if self.cuda else 0
         self.model, self.info = build_model(mixer, size, vocab, device)
         self.frames = int(round(seconds * FRAMES_PER_SECOND))
         self.autocast = _autocast(device, precision)
@@ -844,6 +848,9 @@ class Point:
             self._setup_default()
         if compile:
             self._compile()
+        # What this point holds on the GPU (weights, buffers, inputs), so that
+        # "including the weights" stays right with other points in the process.
+        self.own_cuda_mb = (torch.cuda.memory_allocated() - cuda_before) / 2**20 if self.cuda else 0.0
         self._setup_memory()
 
     # -- steps -------------------------------------------------------------
@@ -951,7 +958,10 @@ class Point:
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
-            self.mem_method = "cuda max_memory_allocated (absolute) / - allocated before run"
+            self.mem_method = (
+                "cuda max_memory_allocated - allocated before run "
+                "(with weights: + what this point allocated when built)"
+            )
             self.can_reset = True
         else:
             self.baseline = current_rss_mb()
@@ -966,6 +976,7 @@ class Point:
         absolute peak MB, peak MB including the weights)."""
         if self.cuda:
             torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # other points' cached blocks
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         elif self.can_reset:
@@ -979,7 +990,8 @@ class Point:
             self.last_step_time = time.perf_counter() - start
         if self.cuda:
             peak = torch.cuda.max_memory_allocated() / 2**20
-            return elapsed, peak - base / 2**20, peak, peak
+            over = peak - base / 2**20
+            return elapsed, over, peak, over + self.own_cuda_mb
         peak = peak_rss_mb()
         return elapsed, peak - self.baseline, peak, peak - self.rss_before_model
 
