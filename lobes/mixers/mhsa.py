@@ -160,7 +160,9 @@ class RelPosMHSA(nn.Module):
         q_u = q + attn.pos_bias_u.view(H, 1, hd).to(dtype)
         q_v = (q + attn.pos_bias_v.view(H, 1, hd).to(dtype)) * attn.scale
         pad_bias = None
-        if pad_mask is not None:
+        # On CPU a batch without padding skips the masking (the check would
+        # cost a device synchronisation per layer on CUDA).
+        if pad_mask is not None and (pad_mask.device.type != "cpu" or pad_mask.any()):
             pad_bias = pad_mask[:, None, None, :]  # (B, 1, 1, T)
         dropout = attn.dropout if self.training else 0.0
         outs = []
@@ -171,8 +173,8 @@ class RelPosMHSA(nn.Module):
             bias = rel_shift_window(
                 torch.matmul(q_v[:, :, start : start + rows], window), rows, T
             )
-            if pad_bias is not None:
-                bias = bias.masked_fill(pad_bias, float("-inf"))
+            if pad_bias is not None:  # in place: bias is this block's own scores
+                bias = bias.masked_fill_(pad_bias, float("-inf"))
             outs.append(
                 F.scaled_dot_product_attention(
                     q_u[:, :, start : start + rows],
