@@ -44,7 +44,10 @@ Timing (both protocols): per point ``--warmup`` untimed runs then
 process, and run one after another round-robin, so a burst of load from other
 processes slows one run of every model rather than every run of one. The
 tables give the **minimum** (the least disturbed run) with the median and the
-interquartile range as the spread; ratios and growth use the minima.
+interquartile range as the spread; ratios and growth use the minima. The CSV
+also has ``cpu_min_s``, the least CPU time (all threads, ``process_time``) of
+the timed part: when other processes take the cores it inflates far less
+than wall time (it still counts OpenMP threads spinning at barriers).
 
 Throughput: the matrix-product work of one forward counted with
 ``torch.utils.flop_counter.FlopCounterMode`` (fused CPU attention included),
@@ -216,6 +219,7 @@ CSV_FIELDS = [
     "time_mean_s",
     "time_std_s",
     "step_time_min_s",
+    "cpu_min_s",
     "mem_peak_mb",
     "mem_total_mb",
     "mem_with_weights_mb",
@@ -842,6 +846,7 @@ class Point:
         self.compile_s = float("nan")
         self.compile_diff = float("nan")
         self.last_step_time = float("nan")
+        self.last_cpu = float("nan")
         if protocol == "paper":
             self._setup_paper(paper_backward)
         else:
@@ -919,10 +924,11 @@ class Point:
                 noise = torch.randn_like(feats) * 0.1
                 feats = torch.where(mask.unsqueeze(-1), noise, feats)
                 sync()
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 logits = self.forward_model(feats, frames / T)
                 sync()
                 elapsed = time.perf_counter() - start
+                self.last_cpu = time.process_time() - cpu
                 loss_mask = mask.view(B, T // stack, stack).any(dim=-1)
                 loss, _ = masked_prediction_loss(logits, targets, loss_mask)
             if backward:
@@ -973,7 +979,9 @@ class Point:
 
     def run(self):
         """One run of the step: returns (seconds, peak MB over the model,
-        absolute peak MB, peak MB including the weights)."""
+        absolute peak MB, peak MB including the weights). The step's wall
+        time and the timed part's CPU time (all threads) are left in
+        ``last_step_time`` and ``last_cpu``."""
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # other points' cached blocks
@@ -981,13 +989,14 @@ class Point:
             torch.cuda.reset_peak_memory_stats()
         elif self.can_reset:
             reset_peak_rss()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         timed = self.step()
         if self.cuda:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start if timed is None else timed
         if self.protocol != "paper":
             self.last_step_time = time.perf_counter() - start
+            self.last_cpu = time.process_time() - cpu
         if self.cuda:
             peak = torch.cuda.max_memory_allocated() / 2**20
             over = peak - base / 2**20
@@ -1036,7 +1045,7 @@ class _InProcess:
 
     def call(self, command, arg=None):
         if command == "run":
-            return list(self.point.run()) + [self.point.last_step_time]
+            return list(self.point.run()) + [self.point.last_step_time, self.point.last_cpu]
         if command == "flops":
             return self.point.flops()
         if command == "profile":
@@ -1206,6 +1215,7 @@ def _result(spec, info, runs, status, flops=None, extras=None):
         **summarize_times(times),
         "times_s": times,
         "step_time_min_s": min(r[4] for r in runs) if ok else nan,
+        "cpu_min_s": min(r[5] for r in runs) if ok else nan,
         "mem_peak_mb": max(r[1] for r in runs) if ok else nan,
         "mem_total_mb": max(r[2] for r in runs) if ok else nan,
         "mem_with_weights_mb": max(r[3] for r in runs) if ok else nan,

@@ -15,7 +15,9 @@ runs (see ``efficiency.py``). Rows:
 * each of our mixers.
 
 Columns: time at each length, speed at the longest length relative to
-SpeechBrain's (its time over ours: > 1 is faster), growth of the time from
+SpeechBrain's (its time over ours: > 1 is faster), the same with CPU time
+(process time of all threads, far less inflated than wall time when other
+processes share the cores), growth of the time from
 1/4 of the longest length to the longest, peak resident set size of the
 process relative to SpeechBrain's, matmul GFLOP (``FlopCounterMode``; plus
 the Mamba scan's element-wise work, counted analytically), GFLOP/s and that
@@ -100,7 +102,8 @@ def comparison_table(rows, precision="fp32", markdown=True):
     cols = (
         ["encoder"]
         + [f"{s:g} s" for s in lengths]
-        + [f"{longest:g} s vs SpeechBrain", f"growth {lengths[0]:g}→{longest:g} s",
+        + [f"{longest:g} s vs SpeechBrain", f"CPU time vs SpeechBrain at {longest:g} s",
+           f"growth {lengths[0]:g}→{longest:g} s",
            f"peak RSS vs SpeechBrain at {longest:g} s",
            f"GFLOP at {longest:g} s", f"GFLOP/s at {longest:g} s", "throughput vs floor"]
     )
@@ -118,6 +121,8 @@ def comparison_table(rows, precision="fp32", markdown=True):
         ok = long_row.get("status") == "ok" and ref is not None and ref["status"] == "ok"
         speed = ref[eff.TIME_KEY] / long_row[eff.TIME_KEY] if ok else float("nan")
         line.append(eff._fmt(speed, 2) + "×")
+        cpu = ref["cpu_min_s"] / long_row["cpu_min_s"] if ok and "cpu_min_s" in ref else float("nan")
+        line.append(eff._fmt(cpu, 2) + "×")
         short = index.get((name, lengths[0]))
         g = (
             long_row[eff.TIME_KEY] / short[eff.TIME_KEY]
