@@ -388,3 +388,160 @@ def test_mamba_state_dict_is_mamba_ssm_compatible_and_cuda_backend_is_explained(
     except ImportError:
         with pytest.raises(ImportError, match="pip install mamba-ssm"):
             MambaBlock(D, backend="cuda")
+
+
+# --------------------------------------------------------------------------
+# RelPosMHSA: SpeechBrain's RelPosMHAXL numbers through fused SDPA.
+
+
+def speechbrain_relpos(mixer, x, pad_mask, pos):
+    """SpeechBrain's own RelPosMHAXL forward on the mixer's weights."""
+    out, _ = mixer.attn(x, x, x, pos_embs=pos, key_padding_mask=pad_mask)
+    return out if pad_mask is None else out.masked_fill(pad_mask[..., None], 0.0)
+
+
+@pytest.mark.parametrize(
+    "T,query_chunk,padded",
+    [(1, 256, False), (7, 3, True), (40, 256, True), (41, 8, False), (33, 1, True)],
+)
+def test_relpos_mhsa_equals_speechbrains_module_forward_and_backward(T, query_chunk, padded):
+    from lobes.mixers.mhsa import RelPosMHSA
+
+    mixer = RelPosMHSA(32, nhead=4, query_chunk=query_chunk).train()  # dropout 0
+    x = torch.randn(3, T, 32, requires_grad=True)
+    pad = None
+    if padded:
+        pad = torch.arange(T)[None, :] >= torch.tensor([T, max(1, T // 2), 1])[:, None]
+    pos = mixer.make_pos_emb(x)
+    out = mixer(x, pad, pos)
+    if pad is not None:  # padded frames' outputs are the layer's to zero
+        out = out.masked_fill(pad[..., None], 0.0)
+    ref = speechbrain_relpos(mixer, x, pad, pos)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grad_out = torch.randn_like(out)
+    params = [x, *mixer.parameters()]
+    grads = torch.autograd.grad((out * grad_out).sum(), params)
+    ref_grads = torch.autograd.grad((ref * grad_out).sum(), params)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+
+
+def test_relpos_mhsa_keeps_speechbrains_state_dict():
+    """Checkpoints of the RelPosMHAXL wrapper load unchanged."""
+    from speechbrain.nnet.attention import RelPosMHAXL
+
+    from lobes.mixers.mhsa import RelPosMHSA
+
+    mixer = RelPosMHSA(32, nhead=4)
+    sb = RelPosMHAXL(32, 4)
+    assert set(mixer.state_dict()) == {f"attn.{k}" for k in sb.state_dict()} | {
+        "pos_enc.inv_freq"
+    }
+    assert not list(mixer.pos_enc.parameters())
+    mixer.attn.load_state_dict(sb.state_dict())
+    x = torch.randn(2, 9, 32)
+    pos = mixer.make_pos_emb(x)
+    torch.testing.assert_close(
+        mixer.eval()(x, None, pos), sb(x, x, x, pos_embs=pos)[0], atol=1e-5, rtol=1e-5
+    )
+
+
+def test_rel_shift_window_equals_speechbrains_rel_shift():
+    from speechbrain.nnet.attention import RelPosMHAXL
+
+    from lobes.mixers.mhsa import rel_shift_window
+
+    T = 6
+    scores = torch.randn(2, 3, T, 2 * T - 1)
+    expected = RelPosMHAXL(8, 2).rel_shift(scores)
+    assert torch.equal(rel_shift_window(scores, T, T), expected)
+    # Queries 2..4 need only the T + 3 - 1 positions T-5 .. 2T-4.
+    block = scores[..., 2:5, T - 2 - 3 : 2 * T - 1 - 2].contiguous()
+    assert torch.equal(rel_shift_window(block, 3, T), expected[..., 2:5, :])
+
+
+def test_relpos_mhsa_dropout_acts_on_the_attention_weights():
+    """Training: outputs vary but average (over many draws of the dropout
+    mask) to the eval output, as dropout on the softmax weights does."""
+    from lobes.mixers.mhsa import RelPosMHSA
+
+    mixer = RelPosMHSA(16, nhead=2, dropout=0.5)
+    x = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        expected = mixer.eval()(x)[0]
+        draws = mixer.train()(x.expand(20000, 5, 16))
+    assert not torch.allclose(draws[0], expected, atol=1e-3)
+    torch.testing.assert_close(draws.mean(0), expected, atol=0.02, rtol=0.0)
+
+
+def test_relpos_mhsa_runs_under_bf16_autocast():
+    from lobes.mixers.mhsa import RelPosMHSA
+
+    mixer = RelPosMHSA(32, nhead=4).eval()
+    x = torch.randn(2, 30, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixer(x, None, mixer.make_pos_emb(x))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), mixer(x), atol=0.05, rtol=0.05)
+
+
+# --------------------------------------------------------------------------
+# Mamba: the chunked CPU scan and the time-major block.
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_mamba_scan_gradients_equal_the_reference(chunk):
+    g = torch.Generator().manual_seed(chunk)
+    u = torch.randn(2, 6, 23, generator=g)
+    delta = torch.nn.functional.softplus(torch.randn(2, 6, 23, generator=g) - 2)
+    A = -torch.exp(torch.rand(6, 4, generator=g))
+    B, C = torch.randn(2, 4, 23, generator=g), torch.randn(2, 4, 23, generator=g)
+    Dskip = torch.randn(6, generator=g)
+    inputs = [t.requires_grad_() for t in (u, delta, A, B, C, Dskip)]
+    out = selective_scan(*inputs, chunk_size=chunk)
+    ref = selective_scan_ref(*inputs)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad((out * grad_out).sum(), inputs)
+    ref_grads = torch.autograd.grad((ref * grad_out).sum(), inputs)
+    for g_, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g_, r, atol=1e-4, rtol=1e-4)
+
+
+def test_mamba_scan_keeps_the_input_dtype_and_accepts_time_major_views():
+    u = torch.randn(2, 9, 6).transpose(1, 2)  # (b, D_in, L) view of (b, L, D_in)
+    delta = torch.rand(2, 9, 6).transpose(1, 2)
+    A, B, C = -torch.rand(6, 3), torch.randn(2, 3, 9), torch.randn(2, 3, 9)
+    ref = selective_scan_ref(u, delta, A, B, C)
+    torch.testing.assert_close(selective_scan(u, delta, A, B, C, chunk_size=4), ref)
+    out = selective_scan(u.bfloat16(), delta, A, B, C)
+    assert out.dtype == torch.bfloat16
+
+
+def original_mamba_block_forward(block, x):
+    """MambaBlock's forward before the time-major rewrite: channels-first
+    ``nn.Conv1d`` and the sequential reference scan."""
+    length = x.shape[1]
+    u, z = block.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+    u = torch.nn.functional.silu(block.conv1d(u)[..., :length])
+    dt, B, C = torch.split(
+        block.x_proj(u.transpose(1, 2)), [block.dt_rank, block.d_state, block.d_state], dim=-1
+    )
+    delta = torch.nn.functional.softplus(block.dt_proj(dt)).transpose(1, 2)
+    A = -torch.exp(block.A_log.float())
+    y = selective_scan_ref(u, delta, A, B.transpose(1, 2), C.transpose(1, 2), block.D)
+    y = y * torch.nn.functional.silu(z)
+    return block.out_proj(y.transpose(1, 2))
+
+
+@pytest.mark.parametrize("length", [1, 3, 37])
+def test_mamba_block_equals_its_original_channels_first_forward(length):
+    block = MambaBlock(D, d_state=4, chunk_size=8)
+    x = torch.randn(2, length, D, requires_grad=True)
+    out = block(x)
+    ref = original_mamba_block_forward(block, x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, *block.parameters()])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)

@@ -35,6 +35,7 @@ from torch import nn
 from lobes.mixers.common import zero_padded
 
 BACKENDS = ("auto", "torch", "cuda")
+LOG2E = math.log2(math.e)
 
 
 def _mamba_ssm_scan():
@@ -46,28 +47,78 @@ def _mamba_ssm_scan():
     return selective_scan_fn
 
 
-def _scan_chunk(a, b):
-    """Inclusive scan of ``h_t = a_t h_{t-1} + b_t`` along dim 1, h_{-1} = 0.
+def _scan_chunk(a, b, h):
+    """Runs ``h_t = a_t * h_{t-1} + b_t`` over the first dim, from ``h``.
 
-    Hillis-Steele doubling: after the step of stride s, (a_t, b_t) is the
-    composition of the 2s previous steps. Returns (prod a, h), same shapes.
+    One fused multiply-add per frame on the whole (batch, N, D_in) state,
+    which is far fewer memory passes than a log-depth parallel scan (that
+    reads and writes the whole chunk log2(chunk) times); the per-frame Python
+    cost is a few microseconds. Without autograd the states are written in
+    place into ``b`` (no allocation); with autograd they are new tensors.
+
+    Arguments
+    ---------
+    a, b : torch.Tensor
+        (chunk, ...) decays and inputs of each frame.
+    h : torch.Tensor
+        (...) state before the first frame.
+
+    Returns
+    -------
+    torch.Tensor
+        (chunk, ...) the states h_t (``b`` itself when written in place).
+
+    Example
+    -------
+    >>> a, b = torch.full((3, 1), 0.5), torch.ones(3, 1)
+    >>> _scan_chunk(a, b, torch.zeros(1)).flatten()
+    tensor([1.0000, 1.5000, 1.7500])
     """
-    stride = 1
-    length = a.shape[1]
-    while stride < length:
-        b = torch.cat([b[:, :stride], b[:, stride:] + a[:, stride:] * b[:, :-stride]], 1)
-        a = torch.cat([a[:, :stride], a[:, stride:] * a[:, :-stride]], 1)
-        stride *= 2
-    return a, b
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or h.requires_grad):
+        states = []
+        for a_t, b_t in zip(a.unbind(0), b.unbind(0)):
+            h = torch.addcmul(b_t, a_t, h)
+            states.append(h)
+        return torch.stack(states)
+    a_ts, b_ts = a.unbind(0), b.unbind(0)
+    b_ts[0].addcmul_(a_ts[0], h)
+    for t in range(1, len(b_ts)):
+        b_ts[t].addcmul_(a_ts[t], b_ts[t - 1])
+    return b
+
+
+def _time_major(x):
+    """(batch, C, L) -> (L, batch, C) view, copied only if C is not the
+    innermost dimension of its memory (so every op below runs on contiguous
+    rows of C values)."""
+    x = x.permute(2, 0, 1)
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def selective_scan(u, delta, A, B, C, D=None, chunk_size=64):
-    """Selective state-space scan in pure PyTorch (vectorised over time).
+    """Selective state-space scan in pure PyTorch, chunk by chunk.
+
+    For each chunk of ``chunk_size`` frames: the decays
+    ``exp(delta_t * A)`` (computed as ``exp2(delta_t * A * log2(e))``) and
+    the inputs ``delta_t * u_t * B_t`` of all its frames at once, then the
+    recurrence frame by frame (``_scan_chunk``), then the outputs
+    ``C_t . h_t`` of all its frames with one batched matmul. Internally
+    time-major, with the state laid out (batch, N, D_in) so that every
+    element-wise op runs on contiguous rows of D_in; without autograd the
+    chunk's buffers are allocated once and reused (no allocation per frame
+    or per chunk). Computed in float32 whatever the input dtype.
+
+    Profiled at 80 s (2000 frames, D_in 948, N 16, batch 1, 2 threads), the
+    previous log-depth (Hillis-Steele) scan spent most of its time in the
+    ``torch.cat`` copies and fresh allocations of every doubling step; this
+    one is ~3x faster per block, its time split between ``exp2``, the
+    per-frame multiply-adds and the two broadcast products.
 
     Arguments
     ---------
     u : torch.Tensor
-        (batch, D_in, L) inputs.
+        (batch, D_in, L) inputs (any strides; a transposed view of
+        time-major memory avoids a copy).
     delta : torch.Tensor
         (batch, D_in, L) positive steps (after softplus).
     A : torch.Tensor
@@ -77,12 +128,13 @@ def selective_scan(u, delta, A, B, C, D=None, chunk_size=64):
     D : torch.Tensor, optional
         (D_in,) skip connection.
     chunk_size : int
-        Frames scanned at once; memory is O(batch * chunk * D_in * N).
+        Frames per chunk; memory is O(batch * chunk * D_in * N).
 
     Returns
     -------
     torch.Tensor
-        (batch, D_in, L), as ``mamba_ssm``'s ``selective_scan_fn``.
+        (batch, D_in, L), as ``mamba_ssm``'s ``selective_scan_fn``; a
+        transposed view of time-major memory, in the dtype of ``u``.
 
     Example
     -------
@@ -93,26 +145,56 @@ def selective_scan(u, delta, A, B, C, D=None, chunk_size=64):
     True
     """
     batch, d_in, length = u.shape
+    n_state = A.shape[1]
     dtype = u.dtype
-    u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
-    A = A.float()
-    h = u.new_zeros(batch, d_in, A.shape[1])
-    outs = []
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D)
+    )
+    u_t = _time_major(u.float())  # (L, batch, D_in)
+    dt_t = _time_major(delta.float())
+    B_t = _time_major(B.float()).unsqueeze(-1)  # (L, batch, N, 1)
+    C_t = _time_major(C.float()).unsqueeze(-2)  # (L, batch, 1, N)
+    # exp(x) = exp2(x * log2(e)): PyTorch's exp2 is ~2.5x faster than its exp
+    # on CPU (AVX-512: 6 vs 2.4 G/s on 2 threads), same accuracy to ~1e-6.
+    A_t = (A.float() * LOG2E).t().contiguous()  # (N, D_in)
+    du = (dt_t * u_t).unsqueeze(-2)  # (L, batch, 1, D_in)
+    dt_t = dt_t.unsqueeze(-2)
+    h = u_t.new_zeros(batch, n_state, d_in)
+    chunk_size = max(1, min(chunk_size, length))
+    if grad:
+        outs = []
+    else:
+        y = u_t.new_empty(length, batch, 1, d_in)
+        decay = u_t.new_empty(chunk_size, batch, n_state, d_in)
+        inputs = u_t.new_empty(chunk_size, batch, n_state, d_in)
     for start in range(0, length, chunk_size):
         sl = slice(start, start + chunk_size)
-        dt = delta[..., sl].transpose(1, 2).unsqueeze(-1)  # (b, c, D_in, 1)
-        a = torch.exp(dt * A)  # (b, c, D_in, N)
-        bx = (dt * u[..., sl].transpose(1, 2).unsqueeze(-1)) * B[
-            ..., sl
-        ].transpose(1, 2).unsqueeze(2)
-        a_cum, hs = _scan_chunk(a, bx)
-        hs = hs + a_cum * h.unsqueeze(1)
-        h = hs[:, -1]
-        outs.append(torch.einsum("bcdn,bnc->bdc", hs, C[..., sl]))
-    y = torch.cat(outs, dim=-1)
+        if grad:
+            states = _scan_chunk(
+                torch.exp2(dt_t[sl] * A_t), du[sl] * B_t[sl], h
+            )
+            outs.append(torch.matmul(C_t[sl], states))
+        else:
+            n = min(chunk_size, length - start)
+            torch.mul(dt_t[sl], A_t, out=decay[:n]).exp2_()
+            torch.mul(du[sl], B_t[sl], out=inputs[:n])
+            states = _scan_chunk(decay[:n], inputs[:n], h)
+            torch.matmul(C_t[sl], states, out=y[sl])
+        h = states[-1] if grad else states[-1].clone()
+    if grad:
+        y = torch.cat(outs)
+    y = y.squeeze(-2)  # (L, batch, D_in)
     if D is not None:
-        y = y + D.float().unsqueeze(-1) * u
-    return y.to(dtype)
+        y = y + u_t * D.float() if grad else y.addcmul_(u_t, D.float())
+    return y.permute(1, 2, 0).to(dtype)
+
+
+@torch.compiler.disable
+def _selective_scan_eager(*args):
+    """``selective_scan`` (looked up at call time), kept out of
+    ``torch.compile`` graphs: its loop over frames would be unrolled into
+    thousands of nodes; compiled models call it eagerly (a graph break)."""
+    return selective_scan(*args)
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None):
@@ -227,29 +309,68 @@ class MambaBlock(nn.Module):
             and _mamba_ssm_scan() is not None
         )
 
+    def _causal_conv_time_major(self, u):
+        """The causal depthwise ``conv1d`` on time-major (B, T, D_in) frames.
+
+        ``out_t = bias + sum_j w_j * u_{t - (k-1) + j}``, one multiply-add
+        over the whole activation per tap (4 by default), instead of
+        transposing to channels-first and back around ``nn.Conv1d``. The
+        result is float32 (the parameters' dtype) under autocast.
+
+        Example
+        -------
+        >>> block = MambaBlock(8, d_state=2)
+        >>> u = torch.rand(2, 5, 16)
+        >>> ref = block.conv1d(u.transpose(1, 2))[..., :5].transpose(1, 2)
+        >>> torch.allclose(block._causal_conv_time_major(u), ref, atol=1e-6)
+        True
+        """
+        weight = self.conv1d.weight[:, 0, :]  # (D_in, k)
+        k = weight.shape[1]
+        out = torch.addcmul(self.conv1d.bias, u, weight[:, k - 1])
+        length = u.shape[1]
+        for j in range(k - 1):
+            shift = k - 1 - j
+            if shift < length:
+                out[:, shift:].addcmul_(u[:, : length - shift], weight[:, j])
+        return out
+
     def forward(self, x):
         """Maps (B, T, D) to (B, T, D), causally."""
         length = x.shape[1]
-        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
-        u = F.silu(self.conv1d(u)[..., :length])
-        dt, B, C = torch.split(
-            self.x_proj(u.transpose(1, 2)),
-            [self.dt_rank, self.d_state, self.d_state],
-            dim=-1,
-        )
-        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
         A = -torch.exp(self.A_log.float())
         if self._use_cuda_kernel(x):
+            u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)
+            u = F.silu(self.conv1d(u)[..., :length])
+            dt, B, C = torch.split(
+                self.x_proj(u.transpose(1, 2)),
+                [self.dt_rank, self.d_state, self.d_state],
+                dim=-1,
+            )
+            B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
             delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2).contiguous()
             y = _mamba_ssm_scan()(
                 u.contiguous(), delta, A, B, C, self.D.float(), z=z.contiguous(),
                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
             )
-        else:
-            delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)
-            y = selective_scan(u, delta, A, B, C, self.D, self.chunk_size)
-            y = y * F.silu(z)
-        return self.out_proj(y.transpose(1, 2))
+            return self.out_proj(y.transpose(1, 2))
+        # PyTorch path, time-major (B, T, .) throughout: no transposing copy.
+        u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, D_in) views
+        u = F.silu(self._causal_conv_time_major(u))
+        dt, B, C = torch.split(
+            self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1
+        )
+        delta = F.softplus(self.dt_proj(dt))  # (B, T, D_in)
+        y = _selective_scan_eager(
+            u.transpose(1, 2),
+            delta.transpose(1, 2),
+            A,
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            self.D,
+            self.chunk_size,
+        )
+        return self.out_proj(y.transpose(1, 2) * F.silu(z))
 
 
 def reverse_within_lengths(x, lengths):

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Our encoders side by side with SpeechBrain 1.1.2's own BEST-RQ encoder.
+
+The comparison table of issue 15, reproducible by anyone: batch 1, forward
+without gradients (``eval()``, ``torch.inference_mode``), 2 threads, the
+paper widths (12 layers, ``hparams/encoder_<mixer>.yaml``), 20 s and 80 s of
+random 80-dim fbank frames, every point in its own process, runs interleaved
+round-robin between the models of a length, time = minimum over the timed
+runs (see ``efficiency.py``). Rows:
+
+* ``speechbrain_relposmhaxl``: SpeechBrain's ConvolutionFrontEnd + RelPosMHAXL
+  Conformer (``TransformerASR.encode``), d 576, its recipe's arguments;
+* ``floor``: our mhsa encoder with every token mixer replaced by the
+  identity (what any mixer costs at least);
+* each of our mixers.
+
+Columns: time at each length, speed at the longest length relative to
+SpeechBrain's (its time over ours: > 1 is faster), the same with CPU time
+(process time of all threads, far less inflated than wall time when other
+processes share the cores), growth of the time from
+1/4 of the longest length to the longest, peak resident set size of the
+process relative to SpeechBrain's, matmul GFLOP (``FlopCounterMode``; plus
+the Mamba scan's element-wise work, counted analytically), GFLOP/s and that
+throughput relative to the floor's. Then the issue's "done when" criteria,
+checked on these numbers.
+
+Example
+-------
+    python benchmarks/vs_speechbrain.py --out benchmarks/results/vs_speechbrain
+    python benchmarks/vs_speechbrain.py --precisions fp32,bf16 --repeats 7
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import argparse
+import datetime
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def _efficiency():
+    """The benchmark module next to this script."""
+    spec = importlib.util.spec_from_file_location("efficiency", HERE / "efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+eff = _efficiency()
+MODELS = (
+    f"{eff.SPEECHBRAIN_REF},{eff.FLOOR},mhsa,mhsa_sdpa,hypermixing,fastformer,"
+    "summarymixing,mamba"
+)
+
+
+def git_commit():
+    """The commit of the working tree (with ``+dirty`` if it has changes)."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def comparison_table(rows, precision="fp32", markdown=True):
+    """The side-by-side table of ``rows`` (``efficiency`` result rows of one
+    precision) as Markdown (or plain text) lines.
+
+    Arguments
+    ---------
+    rows : list of dict
+        Result rows (forward mode), with ``efficiency.add_ratios`` applied.
+    precision : str
+        Which precision's rows to tabulate.
+    markdown : bool
+        Markdown table, else aligned text.
+
+    Returns
+    -------
+    list of str
+    """
+    rows = [r for r in rows if r.get("precision", "fp32") == precision and not r.get("compile")]
+    lengths = sorted({r["seconds"] for r in rows})
+    longest = max(lengths)
+    index = {(r["mixer"], r["seconds"]): r for r in rows}
+    ref = index.get((eff.SPEECHBRAIN_REF, longest))
+    names = list(dict.fromkeys(r["mixer"] for r in rows))
+    cols = (
+        ["encoder"]
+        + [f"{s:g} s" for s in lengths]
+        + [f"{longest:g} s vs SpeechBrain", f"CPU time vs SpeechBrain at {longest:g} s",
+           f"growth {lengths[0]:g}→{longest:g} s",
+           f"peak RSS vs SpeechBrain at {longest:g} s",
+           f"GFLOP at {longest:g} s", f"GFLOP/s at {longest:g} s", "throughput vs floor"]
+    )
+    body = []
+    for name in names:
+        long_row = index.get((name, longest), {})
+        line = [name]
+        for s in lengths:
+            r = index.get((name, s))
+            ok = r is not None and r["status"] == "ok"
+            line.append(
+                f"{r[eff.TIME_KEY]:.3g} s (med {r['time_median_s']:.3g})" if ok
+                else (r["status"] if r else "")
+            )
+        ok = long_row.get("status") == "ok" and ref is not None and ref["status"] == "ok"
+        speed = ref[eff.TIME_KEY] / long_row[eff.TIME_KEY] if ok else float("nan")
+        line.append(eff._fmt(speed, 2) + "×")
+        cpu = ref["cpu_min_s"] / long_row["cpu_min_s"] if ok and "cpu_min_s" in ref else float("nan")
+        line.append(eff._fmt(cpu, 2) + "×")
+        short = index.get((name, lengths[0]))
+        g = (
+            long_row[eff.TIME_KEY] / short[eff.TIME_KEY]
+            if ok and short and short["status"] == "ok" else float("nan")
+        )
+        line.append(eff._fmt(g, 1) + "×")
+        rss = long_row.get("mem_total_mb", float("nan")) / ref["mem_total_mb"] if ok else float("nan")
+        line.append(
+            eff._fmt(rss, 2)
+            + (f" ({ref['mem_total_mb'] / 1024:.2f} GB)" if name == eff.SPEECHBRAIN_REF and ok else "")
+        )
+        line.append(eff._fmt_sig(long_row.get("gflop")))
+        line.append(eff._fmt_sig(long_row.get("gflops_per_s")))
+        line.append(eff._fmt(long_row.get("throughput_ratio_floor"), 2))
+        body.append(line)
+    if markdown:
+        out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        out += ["| " + " | ".join(line) + " |" for line in body]
+    else:
+        widths = [max(len(x) for x in col) for col in zip(cols, *body)]
+        out = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [cols] + body]
+    return out
+
+
+def done_when(rows, precision="fp32"):
+    """The issue's acceptance criteria, checked on ``rows``: lines
+    "PASS/FAIL: criterion (numbers)"."""
+    rows = [r for r in rows if r.get("precision", "fp32") == precision and not r.get("compile")]
+    lengths = sorted({r["seconds"] for r in rows})
+    longest, shortest = max(lengths), min(lengths)
+    t = {
+        (r["mixer"], r["seconds"]): r[eff.TIME_KEY]
+        for r in rows if r["status"] == "ok"
+    }
+    rss = {r["mixer"]: r["mem_total_mb"] for r in rows if r["seconds"] == longest and r["status"] == "ok"}
+    thr = {
+        r["mixer"]: r.get("throughput_ratio_floor", float("nan"))
+        for r in rows if r["seconds"] == longest and r["status"] == "ok"
+    }
+    sb = eff.SPEECHBRAIN_REF
+    nan = float("nan")
+    out = []
+
+    def check(ok, text):
+        out.append(f"- {'PASS' if ok else 'FAIL'}: {text}")
+
+    def get(m, s):
+        return t.get((m, s), nan)
+
+    for s in lengths:
+        speed = get(sb, s) / get("mhsa", s)
+        check(speed >= 1.0, f"mhsa at least as fast as SpeechBrain at {s:g} s ({speed:.2f}×)")
+    speed = get(sb, longest) / get("mhsa", longest)
+    check(speed >= 1.2, f"mhsa ≥ 1.2× SpeechBrain's speed at {longest:g} s ({speed:.2f}×)")
+    ratio = get("mamba", longest) / get("summarymixing", longest)
+    check(ratio <= 1.5, f"mamba ≤ 1.5× summarymixing's time at {longest:g} s ({ratio:.2f}×)")
+    ratio = get("mamba", shortest) / get("mhsa", shortest)
+    check(ratio <= 1.0, f"mamba no slower than mhsa at {shortest:g} s ({ratio:.2f}×)")
+    for m in ("hypermixing", "fastformer", "summarymixing"):
+        speed = get(sb, longest) / get(m, longest)
+        check(speed >= 2.8, f"{m} ≥ 2.8× SpeechBrain's speed at {longest:g} s ({speed:.2f}×)")
+    for m in eff.LINEAR_MIXERS:
+        if m in rss and sb in rss:
+            ratio = rss[m] / rss[sb]
+            check(ratio <= 0.45, f"{m} peak memory ≤ 0.45 of SpeechBrain's at {longest:g} s ({ratio:.2f})")
+    for m, ratio in thr.items():
+        if m in (eff.FLOOR, "mhsa", "mhsa_sdpa", sb) or math.isnan(ratio):
+            continue
+        check(ratio >= 0.85, f"{m} throughput within 15% of the floor's at {longest:g} s ({ratio:.2f})")
+    return out
+
+
+def parse_args(argv=None):
+    """The command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=MODELS, help="comma-separated models")
+    p.add_argument("--lengths", default="20,80", help="durations, seconds")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--size", default="paper", choices=sorted(eff.SIZES))
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per point (>= 5)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--precisions", default="fp32", help="e.g. fp32,bf16")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="benchmarks/results/vs_speechbrain")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    """Measures, prints and writes ``<out>/vs_speechbrain.md`` and ``.csv``."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "--mode", "forward", "--mixers", args.models, "--lengths", args.lengths,
+        "--batch", str(args.batch), "--threads", str(args.threads), "--size", args.size,
+        "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+        "--precisions", args.precisions, "--device", args.device, "--out", str(out),
+    ]
+    rows = eff.main(cmd)
+    commit = git_commit()
+    lines = [
+        f"# Our encoders vs SpeechBrain {_sb_version()}'s BEST-RQ encoder",
+        "",
+        f"Commit {commit}, {datetime.date.today().isoformat()}. "
+        f"Device: {eff.device_description(args.device, args.threads)}. "
+        f"Batch {args.batch}, forward without gradients, size {args.size}, "
+        f"each point its own process, {args.warmup} warm-up + {args.repeats} "
+        "timed runs interleaved round-robin between the models of a length; "
+        "times are minima (median in brackets).",
+        "",
+    ]
+    for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+        lines += [f"## {precision}", ""]
+        lines += comparison_table(rows, precision)
+        lines += ["", "Issue 15 criteria:", ""]
+        lines += done_when(rows, precision)
+        lines.append("")
+    text = "\n".join(lines)
+    (out / "vs_speechbrain.md").write_text(text)
+    print("\n" + text)
+    print(f"Wrote {out / 'vs_speechbrain.md'}")
+    return rows
+
+
+def _sb_version():
+    try:
+        import speechbrain
+
+        return speechbrain.__version__
+    except (ImportError, AttributeError):
+        return "?"
+
+
+if __name__ == "__main__":
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    main()
