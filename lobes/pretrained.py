@@ -190,7 +190,7 @@ def encoder_state_dict(path):
     return state
 
 
-def build_encoder(source, mixer=None):
+def build_encoder(source, mixer=None, overrides=None):
     """The encoder a checkpoint was trained with (random weights; load them
     with ``load_pretrained``).
 
@@ -201,6 +201,11 @@ def build_encoder(source, mixer=None):
     mixer : str, optional
         If given, the mixer the caller expects: a checkpoint of another mixer
         is refused, naming both.
+    overrides : dict, optional
+        Settings that leave the weights' meaning unchanged
+        (``lobes.encoder.RUNTIME_SETTINGS``: ``dropout``, ``layerdrop_prob``,
+        ``padding_isolation``) to change from the checkpoint's, e.g. the
+        LayerDrop of a fine-tuning run; any other key is refused.
 
     Returns
     -------
@@ -220,8 +225,14 @@ def build_encoder(source, mixer=None):
     Traceback (most recent call last):
     ...
     ValueError: ...holds a 'fastformer' encoder, but mixer='mamba' was asked for...
+    >>> build_encoder(folder, overrides={"layerdrop_prob": 0.0}).layerdrop_prob
+    0.0
+    >>> build_encoder(folder, overrides={"d_model": 32})
+    Traceback (most recent call last):
+    ...
+    ValueError: Encoder override(s) d_model: ...only dropout, layerdrop_prob, padding_isolation...
     """
-    from lobes.encoder import ConformerEncoder
+    from lobes.encoder import RUNTIME_SETTINGS, ConformerEncoder
 
     encoder_file, _, _ = resolve_checkpoint(source)
     config = dict(encoder_state_dict(source).get("_extra_state") or {})
@@ -237,6 +248,15 @@ def build_encoder(source, mixer=None):
             f"mixer={mixer!r} was asked for: drop the `mixer` setting (the "
             "checkpoint defines the encoder) or give a checkpoint of that mixer."
         )
+    overrides = dict(overrides or {})
+    allowed = [k for k in RUNTIME_SETTINGS if k != "init"]
+    refused = [k for k in overrides if k not in allowed]
+    if refused:
+        raise ValueError(
+            f"Encoder override(s) {', '.join(refused)}: the encoder of {encoder_file} "
+            f"is defined by its checkpoint; only {', '.join(allowed)} may change."
+        )
+    config.update(overrides)
     kwargs = dict(config.get("mixer_kwargs") or {})
     if kwargs.get("backend") == "cuda":
         # The CUDA-only backend would refuse to build on a CPU machine; "auto"

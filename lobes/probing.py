@@ -61,6 +61,50 @@ def checkpoint_to_test(which, metric):
     return {"min_key": metric} if which == "best" else {}
 
 
+def anneal_learning_rates(hparams, optimizers, metric, epoch=None):
+    """Anneals the learning rate of each optimizer after a validation stage,
+    by the scheduler ``hparams.lr_annealing_<name>`` (the YAML's) of each
+    ``optimizers[name]``; returns ``{"lr_<name>": learning rate of the
+    finished epoch}``, to log.
+
+    A ``NewBobScheduler`` is called with the validation ``metric`` (lower
+    is better); any other scheduler (e.g. ``LinearScheduler``) with the
+    finished ``epoch``; a missing or ``null`` one keeps its learning rate.
+
+    Example
+    -------
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    >>> hparams = SimpleNamespace(lr_annealing_model=NewBobScheduler(1.0, annealing_factor=0.5))
+    >>> anneal_learning_rates(hparams, {"model": opt}, 2.0)  # first: a reference
+    {'lr_model': 1.0}
+    >>> anneal_learning_rates(hparams, {"model": opt}, 3.0)  # worse: halved
+    {'lr_model': 1.0}
+    >>> opt.param_groups[0]["lr"]
+    0.5
+    """
+    lrs = {}
+    for name, optimizer in optimizers.items():
+        scheduler = getattr(hparams, f"lr_annealing_{name}", None)
+        if scheduler is None:
+            lrs[f"lr_{name}"] = optimizer.param_groups[0]["lr"]
+            continue
+        if isinstance(scheduler, NewBobScheduler):
+            old_lr, new_lr = scheduler(metric)
+        elif epoch is None:
+            raise ValueError(
+                f"lr_annealing_{name} ({type(scheduler).__name__}) is "
+                "indexed by epoch, but this recipe anneals on a metric "
+                "only: use a NewBobScheduler in the YAML."
+            )
+        else:
+            old_lr, new_lr = scheduler(epoch)
+        update_learning_rate(optimizer, new_lr)
+        lrs[f"lr_{name}"] = old_lr
+    return lrs
+
+
 class ProbeBrain(
     EpochSeededBatchesMixin, CPUDistributedMixin, ResumableTrainStatsMixin, sb.Brain
 ):
@@ -133,35 +177,14 @@ class ProbeBrain(
     def anneal(self, metric, epoch=None):
         """Anneals the probe's (``lr_annealing_model``) and the layer
         weights' (``lr_annealing_weights``) learning rates after a
-        validation stage; returns the learning rates of the finished epoch,
-        to log.
-
-        A ``NewBobScheduler`` is called with the validation ``metric`` (lower
-        is better); any other scheduler (e.g. ``LinearScheduler``) with the
-        finished ``epoch``; a missing or ``null`` one keeps its learning rate.
-        """
-        lrs = {}
-        for name, optimizer in (
-            ("model", self.model_optimizer),
-            ("weights", self.weights_optimizer),
-        ):
-            scheduler = getattr(self.hparams, f"lr_annealing_{name}", None)
-            if scheduler is None:
-                lrs[f"lr_{name}"] = optimizer.param_groups[0]["lr"]
-                continue
-            if isinstance(scheduler, NewBobScheduler):
-                old_lr, new_lr = scheduler(metric)
-            elif epoch is None:
-                raise ValueError(
-                    f"lr_annealing_{name} ({type(scheduler).__name__}) is "
-                    "indexed by epoch, but this recipe anneals on a metric "
-                    "only: use a NewBobScheduler in the YAML."
-                )
-            else:
-                old_lr, new_lr = scheduler(epoch)
-            update_learning_rate(optimizer, new_lr)
-            lrs[f"lr_{name}"] = old_lr
-        return lrs
+        validation stage (:func:`anneal_learning_rates`); returns the
+        learning rates of the finished epoch, to log."""
+        return anneal_learning_rates(
+            self.hparams,
+            {"model": self.model_optimizer, "weights": self.weights_optimizer},
+            metric,
+            epoch,
+        )
 
     def layer_weights_summary(self):
         """The learned softmax layer weights, rounded, as a list."""

@@ -66,6 +66,9 @@ PROBES = {
     "VoxCeleb/SpeakerVerification": ("ecapa", "VoxCeleb1", ["--number_of_epochs=1", "--out_n_neurons=8",
                                      "--channels=[16, 16, 16, 16, 48]", "--emb_dim=16"]),
     "IEMOCAP/EmotionRecognition": ("linear", "IEMOCAP_full_release", ["--number_of_epochs=1", "--test_spk_id=1"]),
+    "LibriSpeech/ASR/CTC-BEST-RQ-linear": ("train_clean_100", "LibriSpeech", [
+        "--number_of_epochs=1", "--avoid_if_longer_than=3.0", "--dnn_neurons=32", "--precision=fp32",
+        "--num_workers=0", "--test_beam_search={beam_size: 2}"]),
 }
 
 

@@ -34,7 +34,10 @@ What is made (seed 0: about 12 min of LibriSpeech, 4 min of LibriLight):
 
 and, for the MP3S probes, the corpora of the ``demo_<dataset>.py`` modules
 (task names ``voxceleb``, ``iemocap``, ``slurp``, ``buckeye``,
-``commonvoice``; each module's docstring describes its layout).
+``commonvoice``; each module's docstring describes its layout), and
+Libri-light's limited-resource fine-tuning set ``librispeech_finetuning``
+(utterances of the demo LibriSpeech in that archive's layout,
+``demo_librispeech_finetuning.py``).
 
 Generation is deterministic for a seed (texts, voices, durations, samples),
 takes ~15 s on 2 cores, and is idempotent: a finished corpus holds a
@@ -548,6 +551,9 @@ TASKS = {
     "slurp": _task_module("demo_slurp", "make_slurp_demo"),
     "buckeye": _task_module("demo_buckeye", "make_buckeye_demo"),
     "commonvoice": _task_module("demo_commonvoice", "make_commonvoice_demo"),
+    "librispeech_finetuning": _task_module(
+        "demo_librispeech_finetuning", "make_librispeech_finetuning_demo"
+    ),
 }
 
 
@@ -562,7 +568,7 @@ def make_demo_corpus(out_dir, tasks=tuple(TASKS), seed=0):
     tasks : sequence of str
         Any of ``TASKS``: ``"librispeech"``, ``"librilight"``,
         ``"voxceleb"``, ``"iemocap"``, ``"slurp"``, ``"buckeye"``,
-        ``"commonvoice"``.
+        ``"commonvoice"``, ``"librispeech_finetuning"``.
     seed : int
         Same seed, same corpus.
 

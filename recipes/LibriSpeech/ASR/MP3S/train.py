@@ -35,7 +35,6 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
-import importlib
 import inspect
 import os
 import sys
@@ -46,8 +45,9 @@ import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
-from lobes.training import parse_arguments
+from lobes.asr_probe import check_lm_decoding, make_lm_searcher
 from lobes.dataio import filter_by_duration, load_audio
+from lobes.training import parse_arguments
 from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain, checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
@@ -235,136 +235,14 @@ def add_output_layer(hparams, label_encoder):
     hparams["modules"]["ctc_lin"] = ctc_lin
 
 
-class PyctcdecodeSearcher:
-    """MP3S's LM decoding of 2023 (the paper's runs): pyctcdecode's CTC beam
-    search with a KenLM n-gram, here on the valid frames of each utterance.
-    Takes the keys of ``test_beam_search`` that pyctcdecode has.
-
-    Arguments
-    ---------
-    vocab_list : list of str
-        The label of each CTC output.
-    blank_index : int
-        The blank output (an empty label for pyctcdecode).
-    kenlm_model_path : str
-        The ARPA or binary KenLM n-gram.
-    alpha, beta : float
-        LM weight and word insertion bonus (MP3S 2023: 0.5, 1.0).
-    beam_size, beam_prune_logp, token_prune_min_logp, prune_history
-        pyctcdecode's ``beam_width``, ``beam_prune_logp``,
-        ``token_min_logp``, ``prune_history`` (what its ``decode``, which
-        MP3S called, uses: 100, -10, -5, True).
-    """
-
-    def __init__(self, vocab_list, blank_index, kenlm_model_path, alpha=0.5, beta=1.0,
-                 beam_size=100, beam_prune_logp=-10.0, token_prune_min_logp=-5.0,
-                 prune_history=True, **unused):
-        from pyctcdecode import build_ctcdecoder
-
-        labels = ["" if i == blank_index else lab for i, lab in enumerate(vocab_list)]
-        self.decoder = build_ctcdecoder(
-            labels, kenlm_model_path=kenlm_model_path, alpha=alpha, beta=beta
-        )
-        self.decode_opts = {
-            "beam_width": beam_size, "beam_prune_logp": beam_prune_logp,
-            "token_min_logp": token_prune_min_logp, "prune_history": prune_history,
-        }
-
-    def __call__(self, log_probs, wav_lens):
-        """Texts of a batch of CTC log-probabilities (B, T, V)."""
-        lengths = torch.round(wav_lens * log_probs.shape[1]).int().tolist()
-        return [  # the text of the best beam
-            self.decoder.decode_beams(lp[:n].float().cpu().numpy(), **self.decode_opts)[0][0]
-            for lp, n in zip(log_probs, lengths)
-        ]
-
-
-LM_DECODERS = {  # lm_decoder: the packages it imports
-    "speechbrain": ("kenlm", "pygtrie"),
-    "pyctcdecode": ("kenlm", "pyctcdecode"),
-}
-
-
-def check_lm_decoding(hparams):
-    """Refuses, before anything runs, an n-gram LM decoding that could not
-    run: ``kenlm_model_path`` set with ``use_beam_search`` off, a missing LM
-    file, an unknown ``lm_decoder`` or its packages absent. Returns the LM
-    path (or None).
-
-    Example
-    -------
-    >>> check_lm_decoding({"use_beam_search": True, "test_beam_search": {}}) is None
-    True
-    >>> check_lm_decoding({"use_beam_search": True, "lm_decoder": "speechbrain",
-    ...                    "test_beam_search": {"kenlm_model_path": "no/lm.arpa"}})
-    Traceback (most recent call last):
-    ...
-    FileNotFoundError: kenlm_model_path: no/lm.arpa ...
-    """
-    path = hparams["test_beam_search"].get("kenlm_model_path")
-    if path is None:
-        return None
-    decoder = hparams["lm_decoder"]
-    if decoder not in LM_DECODERS:
-        raise ValueError(
-            f"lm_decoder: {decoder!r} in the YAML; use speechbrain (today's "
-            "MP3S) or pyctcdecode (MP3S in 2023, the paper's runs)."
-        )
-    if not hparams["use_beam_search"]:
-        raise ValueError(
-            f"kenlm_model_path: {path} is set but use_beam_search is False: "
-            "the n-gram LM is used by the beam search. Set use_beam_search: "
-            "True, or kenlm_model_path: null."
-        )
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"kenlm_model_path: {path} (in the YAML or on the command line) "
-            "does not exist; give a KenLM .arpa or .bin n-gram (LibriSpeech's "
-            "4-gram.arpa from https://www.openslr.org/11; for the demo, "
-            "tools/make_ngram_lm.py writes one) or null."
-        )
-    packages = LM_DECODERS[decoder]
-    for package in packages:
-        try:
-            importlib.import_module(package)
-        except ImportError as err:
-            hint = (
-                "`pip install -e <this repository>[lm]` or `pip install kenlm "
-                "pygtrie` (kenlm compiles KenLM: a C++ compiler and cmake are "
-                "needed)"
-                if decoder == "speechbrain"
-                else "`pip install kenlm` (it compiles KenLM: a C++ compiler and "
-                "cmake are needed) and `pip install --no-deps pyctcdecode "
-                "pygtrie` (pyctcdecode pins numpy < 2 but runs with numpy 2)"
-            )
-            raise ImportError(
-                f"kenlm_model_path: {path} asks for n-gram LM decoding "
-                f"(lm_decoder: {decoder}), which needs the Python packages "
-                f"{' and '.join(f'`{p}`' for p in packages)}; {package} is not "
-                f"installed in this environment. Install them with {hint}, or "
-                "set kenlm_model_path: null to decode without LM."
-            ) from err
-    return path
-
-
 def make_test_searcher(hparams, label_encoder):
-    """SpeechBrain's ``CTCBeamSearcher`` over the character vocabulary
-    (``test_beam_search`` in the YAML, with the n-gram LM of
-    ``kenlm_model_path`` if any, or pyctcdecode's with ``lm_decoder:
-    pyctcdecode``; None if ``use_beam_search`` is off), and the name of its
-    results: ``beam`` or ``beam_lm``."""
-    lm = check_lm_decoding(hparams)
-    if not hparams["use_beam_search"]:
-        return None, None
-    from speechbrain.decoders.ctc import CTCBeamSearcher
-
+    """The test-time beam search over the character vocabulary
+    (``lobes.asr_probe.make_lm_searcher``: SpeechBrain's ``CTCBeamSearcher``
+    with the n-gram LM of ``kenlm_model_path`` if any, or pyctcdecode's with
+    ``lm_decoder: pyctcdecode``; None if ``use_beam_search`` is off), and
+    the name of its results: ``beam`` or ``beam_lm``."""
     ind2lab = label_encoder.ind2lab
-    vocab_list = [ind2lab[i] for i in range(len(ind2lab))]
-    if lm is not None and hparams["lm_decoder"] == "pyctcdecode":
-        searcher = PyctcdecodeSearcher(vocab_list, **hparams["test_beam_search"])
-    else:
-        searcher = CTCBeamSearcher(**hparams["test_beam_search"], vocab_list=vocab_list)
-    return searcher, "beam" if lm is None else "beam_lm"
+    return make_lm_searcher(hparams, [ind2lab[i] for i in range(len(ind2lab))])
 
 
 if __name__ == "__main__":
