@@ -14,6 +14,11 @@ encoder to predict, on masked frames, the index of the nearest code of a
 * ``compute_span_mask``: span masks, one per batch (the authors') or per
   utterance, on valid frames only.
 * ``masked_prediction_loss``: cross-entropy and accuracy on masked frames.
+* ``perplexity`` and ``code_usage``: how many codes the targets use and how
+  evenly (a collapsed quantiser, or features that all map to a few codes,
+  shows here before anything else); ``HealthStats`` accumulates them with
+  the accuracy, the predictions' perplexity, the gradient norm and the share
+  of masked frames between two lines of the pretraining step log.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -223,3 +228,152 @@ def masked_prediction_loss(logits, targets, mask):
     loss = F.cross_entropy(sel_logits.float(), sel_targets)
     accuracy = (sel_logits.argmax(dim=-1) == sel_targets).float().mean()
     return loss, accuracy.detach()
+
+
+def perplexity(probs):
+    """exp(entropy) of a distribution: 1 for a single outcome, V for V
+    equally likely ones.
+
+    Arguments
+    ---------
+    probs : torch.Tensor
+        (V,) non-negative weights (normalised here; counts are fine).
+
+    Returns
+    -------
+    float
+
+    Example
+    -------
+    >>> perplexity(torch.tensor([0.0, 5.0, 0.0])), perplexity(torch.ones(8))
+    (1.0, 8.0)
+    """
+    probs = probs.double().flatten()
+    total = probs.sum()
+    if total <= 0:
+        return float("nan")
+    p = probs[probs > 0] / total
+    return round(float(torch.exp(-(p * p.log()).sum())), 6)
+
+
+def code_usage(targets, cb_vocab):
+    """How a set of targets uses the codebook.
+
+    Arguments
+    ---------
+    targets : torch.Tensor
+        Code indices, any shape.
+    cb_vocab : int
+        Codebook size (8192).
+
+    Returns
+    -------
+    dict
+        ``codes_used`` (distinct codes), ``code_ppl`` (perplexity of the
+        code distribution: ``cb_vocab`` when uniform, 1 when collapsed) and
+        ``top_code_share`` (share of the most frequent code: the accuracy of
+        a constant prediction, the chance level of the masked accuracy).
+
+    Example
+    -------
+    >>> code_usage(torch.tensor([3, 3, 3, 3]), 8)
+    {'codes_used': 1, 'code_ppl': 1.0, 'top_code_share': 1.0}
+    >>> code_usage(torch.arange(8).repeat(2), 8)
+    {'codes_used': 8, 'code_ppl': 8.0, 'top_code_share': 0.125}
+    """
+    return usage_of_counts(torch.bincount(targets.flatten().long(), minlength=cb_vocab))
+
+
+def usage_of_counts(counts):
+    """``code_usage`` of a histogram: ``counts`` (V,) of each code."""
+    total = counts.sum()
+    return {
+        "codes_used": int((counts > 0).sum()),
+        "code_ppl": perplexity(counts),
+        "top_code_share": round(float(counts.max() / total), 6) if total > 0 else float("nan"),
+    }
+
+
+class HealthStats:
+    """The health signals of a BEST-RQ pretraining, accumulated over the
+    optimizer steps between two lines of the step log.
+
+    ``update`` takes each training batch's logits, targets and masks;
+    ``add_grad_norm`` each optimizer step's gradient norm; ``summary``
+    returns, over everything since the last ``reset``:
+
+    * ``masked_acc``: accuracy of the predicted codes on masked frames;
+    * ``top_code_share``, ``codes_used``, ``code_ppl``: the targets'
+      code usage on masked frames (``code_usage``), out of ``cb_vocab``;
+    * ``pred_ppl``: perplexity of the mean predicted distribution on masked
+      frames (a head that predicts the same codes everywhere has a low one);
+    * ``grad_norm``: mean gradient norm before clipping;
+    * ``masked_share``: share of the valid input frames that were masked.
+
+    Arguments
+    ---------
+    cb_vocab : int
+        Codebook size.
+
+    Example
+    -------
+    >>> stats = HealthStats(cb_vocab=4)
+    >>> logits = torch.tensor([[[9.0, 0, 0, 0], [0, 9.0, 0, 0], [0, 0, 0, 9.0]]])
+    >>> stats.update(logits, torch.tensor([[0, 1, 2]]), torch.tensor([[True, True, True]]),
+    ...              masked_frames=12, valid_frames=20)
+    >>> stats.add_grad_norm(2.0)
+    >>> s = stats.summary()
+    >>> round(s["masked_acc"], 3), s["codes_used"], s["masked_share"], s["grad_norm"]
+    (0.667, 3, 0.6, 2.0)
+    """
+
+    def __init__(self, cb_vocab):
+        self.cb_vocab = cb_vocab
+        self.reset()
+
+    def reset(self):
+        """Forgets everything accumulated."""
+        self.counts = None
+        self.prob_sum = None
+        self.correct = 0
+        self.n_masked = 0
+        self.masked_frames = 0
+        self.valid_frames = 0
+        self.grad_norms = []
+
+    @torch.no_grad()
+    def update(self, logits, targets, loss_mask, masked_frames, valid_frames):
+        """Adds one batch: ``logits`` (B, T', V), ``targets`` (B, T'),
+        ``loss_mask`` (B, T') and the numbers of masked and valid input
+        frames."""
+        sel_logits = logits[loss_mask].float()
+        sel_targets = targets[loss_mask]
+        counts = torch.bincount(sel_targets, minlength=self.cb_vocab)
+        probs = sel_logits.softmax(dim=-1).sum(dim=0, dtype=torch.float64)
+        if self.counts is None:
+            self.counts, self.prob_sum = counts, probs
+        else:
+            self.counts += counts
+            self.prob_sum += probs
+        self.correct += int((sel_logits.argmax(dim=-1) == sel_targets).sum())
+        self.n_masked += int(sel_targets.numel())
+        self.masked_frames += int(masked_frames)
+        self.valid_frames += int(valid_frames)
+
+    def add_grad_norm(self, norm):
+        """Adds the gradient norm (before clipping) of one optimizer step."""
+        self.grad_norms.append(float(norm))
+
+    def summary(self):
+        """The signals since the last ``reset`` (a dict of floats and ints;
+        empty if no batch was added)."""
+        if not self.n_masked:
+            return {}
+        stats = {"masked_acc": round(self.correct / self.n_masked, 6)}
+        stats.update(usage_of_counts(self.counts))
+        stats["pred_ppl"] = perplexity(self.prob_sum)
+        if self.grad_norms:
+            stats["grad_norm"] = round(sum(self.grad_norms) / len(self.grad_norms), 6)
+        if self.valid_frames:
+            stats["masked_share"] = round(self.masked_frames / self.valid_frames, 6)
+        return stats

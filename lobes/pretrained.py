@@ -272,9 +272,11 @@ def load_pretrained(path, encoder, normalizer=None):
     ---------
     path : str or Path
         Any form accepted by ``resolve_checkpoint``.
-    encoder : lobes.encoder.ConformerEncoder
+    encoder : lobes.encoder.ConformerEncoder or None
         Built from the same ``hparams/encoder_<mixer>.yaml`` and sizes as the
         pretraining; a mismatch raises ``ValueError`` naming the difference.
+        None loads the feature statistics only (the random-initialisation
+        and fbank baselines of the probes).
     normalizer : speechbrain.processing.features.InputNormalization, optional
         Receives the pretraining's global feature statistics.
 
@@ -299,16 +301,17 @@ def load_pretrained(path, encoder, normalizer=None):
     ValueError: ...mixer: checkpoint 'fastformer' vs this model 'summarymixing'...
     """
     encoder_file, normalizer_file, _ = resolve_checkpoint(path)
-    state = encoder_state_dict(path)
-    try:
-        encoder.load_state_dict(state)
-    except ValueError as err:
-        raise ValueError(f"Cannot load {encoder_file}: {err}") from None
-    except RuntimeError as err:
-        raise ValueError(
-            f"Cannot load {encoder_file} into this encoder (built with "
-            f"{getattr(encoder, 'config', '?')}): {err}"
-        ) from None
+    if encoder is not None:
+        state = encoder_state_dict(path)
+        try:
+            encoder.load_state_dict(state)
+        except ValueError as err:
+            raise ValueError(f"Cannot load {encoder_file}: {err}") from None
+        except RuntimeError as err:
+            raise ValueError(
+                f"Cannot load {encoder_file} into this encoder (built with "
+                f"{getattr(encoder, 'config', '?')}): {err}"
+            ) from None
     if normalizer is not None:
         if normalizer_file is None:
             raise FileNotFoundError(

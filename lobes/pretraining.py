@@ -12,6 +12,14 @@
 4. the ``encoder`` (any token mixer) and the linear ``head`` predict the codes;
 5. cross-entropy and accuracy on masked, non-padded frames.
 
+While it trains, the step log (``train_steps_log.txt``, every
+``log_interval`` optimizer steps) and the progress bar show the health
+signals of ``lobes.bestrq.HealthStats`` over the steps since the last line:
+masked-prediction accuracy beside its chance level (the share of the most
+frequent code), how many of the codes the targets use and their perplexity,
+the predictions' perplexity, the gradient norm before clipping, the
+learning rate and the share of frames masked. ``lobes.plot_run`` draws them.
+
 Everything else is SpeechBrain's ``Brain``: gradient accumulation, clipping
 (``max_grad_norm``), mixed precision (``--precision bf16``), DDP
 (``torchrun``), intra-epoch checkpoints (``ckpt_interval_minutes``) and
@@ -31,6 +39,7 @@ from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.utils.logger import get_logger
 
 from lobes.bestrq import (
+    HealthStats,
     compute_span_mask,
     masked_prediction_loss,
     pad_to_multiple,
@@ -59,6 +68,8 @@ class BestRQBrain(
     ``compute_features``, ``stack_frames``, ``mask_prob``, ``mask_length``,
     ``mask_per_utterance``, ``noise_mean``, ``noise_std``, ``lr_annealing``, ``epoch_counter``,
     ``train_steps_logger``, ``train_logger`` and ``log_interval``.
+
+    Under DDP the health signals are those of the main process's batches.
     """
 
     def on_fit_start(self):
@@ -72,6 +83,8 @@ class BestRQBrain(
             f"BEST-RQ encoder {encoder.config}: {n_enc / 1e6:.2f}M parameters "
             f"({n_all / 1e6:.2f}M with the prediction head)"
         )
+        quantizer = getattr(self.modules.quantizer, "module", self.modules.quantizer)
+        self.health = HealthStats(cb_vocab=quantizer.CB.shape[0])
 
     def compute_forward(self, batch, stage):
         """Returns logits (B, T', V), targets (B, T') and loss mask (B, T')."""
@@ -102,6 +115,8 @@ class BestRQBrain(
             )
         except ValueError as err:
             raise ValueError(f"Batch with utterances {batch.id}: {err}") from err
+        if stage == sb.Stage.TRAIN:  # for the health statistics
+            self.frame_counts = (int(mask.sum()), int(frames.sum()))
         noise = torch.randn_like(feats) * self.hparams.noise_std
         feats = torch.where(
             mask.unsqueeze(-1), noise + self.hparams.noise_mean, feats
@@ -126,7 +141,22 @@ class BestRQBrain(
         self.acc_sum += float(accuracy) * n
         self.acc_count += n
         self.last_accuracy = float(accuracy)
+        if stage == sb.Stage.TRAIN:
+            self.health.update(logits, targets, loss_mask, *self.frame_counts)
         return loss
+
+    def optimizers_step(self):
+        """SpeechBrain's optimizer step, after recording the gradient norm
+        (before clipping, unscaled) for the health statistics."""
+        grads = [p.grad for p in self.modules.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+            )
+            if self.scaler.is_enabled():
+                norm = norm / self.scaler.get_scale()
+            self.health.add_grad_norm(norm)
+        super().optimizers_step()
 
     def on_stage_start(self, stage, epoch=None):
         """Resets the accuracy accumulators (to their checkpointed values
@@ -147,10 +177,14 @@ class BestRQBrain(
         self.acc_sum, self.acc_count = state["acc_sum"], state["acc_count"]
 
     def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        """Steps the LR schedule and writes the step log."""
+        """Steps the LR schedule, shows the health signals on the progress
+        bar and writes the step log."""
         if not should_step:
             return
         self.hparams.lr_annealing(self.optimizer)
+        lr = self.optimizer.param_groups[0]["lr"]
+        health = self.health.summary()
+        show_on_progress_bar(health_line(health, lr))
         # Every process calls the logger: it writes on the main process and
         # broadcasts (main_process_only), so calling it on the main process
         # alone would leave it waiting forever under DDP.
@@ -158,10 +192,10 @@ class BestRQBrain(
             now = time.time()
             stats = {
                 "step": self.optimizer_step,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": lr,
                 "loss": round(loss.item(), 4),
                 "avg_loss": round(float(self.avg_train_loss), 4),
-                "masked_acc": round(self.last_accuracy, 4),
+                **health,
             }
             if hasattr(self, "_last_log_time"):
                 stats["sec_per_step"] = round(
@@ -169,6 +203,7 @@ class BestRQBrain(
                 )
             self._last_log_time = now
             self.hparams.train_steps_logger.log_stats(stats_meta=stats)
+            self.health.reset()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         """Logs the epoch and keeps the best checkpoints (lowest loss)."""
@@ -193,6 +228,43 @@ class BestRQBrain(
                 min_keys=["loss"],
                 num_to_keep=self.hparams.checkpoints_to_keep,
             )
+
+
+def health_line(stats, lr):
+    """The health signals, short, for the progress bar.
+
+    Example
+    -------
+    >>> health_line({"masked_acc": 0.1234, "top_code_share": 0.02,
+    ...              "codes_used": 812, "code_ppl": 401.2, "pred_ppl": 95.0,
+    ...              "grad_norm": 1.5, "masked_share": 0.61}, 0.002)
+    'acc 12.3% (chance 2.0%) codes 812 ppl 401 pred 95 |g| 1.50 lr 2.0e-03 masked 61%'
+    """
+    if not stats:
+        return ""
+    line = (
+        f"acc {stats['masked_acc']:.1%} (chance {stats['top_code_share']:.1%}) "
+        f"codes {stats['codes_used']} ppl {stats['code_ppl']:.0f} "
+        f"pred {stats['pred_ppl']:.0f}"
+    )
+    if "grad_norm" in stats:
+        line += f" |g| {stats['grad_norm']:.2f}"
+    line += f" lr {lr:.1e}"
+    if "masked_share" in stats:
+        line += f" masked {stats['masked_share']:.0%}"
+    return line
+
+
+def show_on_progress_bar(text):
+    """Puts ``text`` in front of the live progress bar of SpeechBrain's
+    training loop (its description, which SpeechBrain leaves alone; the
+    loss stays on the right). Nothing happens without a visible bar (tests,
+    other DDP ranks)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        if not bar.disable:
+            bar.set_description_str(text, refresh=False)
 
 
 def dataio_prepare(hparams):

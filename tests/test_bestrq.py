@@ -5,7 +5,9 @@ import torch
 from speechbrain.nnet.quantisers import RandomProjectionQuantizer as SBQuantizer
 
 from lobes.bestrq import (
+    HealthStats,
     RandomProjectionQuantizer,
+    code_usage,
     compute_span_mask,
     masked_prediction_loss,
     stack_frames,
@@ -98,3 +100,62 @@ def test_masked_loss_ignores_unmasked_frames():
     logits2 = logits.clone()
     logits2[~mask] = 1e4  # changing unmasked frames changes nothing
     torch.testing.assert_close(masked_prediction_loss(logits2, targets, mask)[0], ref)
+
+
+def test_code_usage_of_a_collapsed_and_a_uniform_quantiser():
+    """The health statistic that shows a collapsed quantiser first: every
+    frame on one code gives 1 code used, perplexity 1 and a constant
+    prediction right everywhere; frames spread evenly over the codebook give
+    all codes, perplexity V and chance 1/V."""
+    V = 64
+    collapsed = RandomProjectionQuantizer(16, 16, V)
+    with torch.no_grad():
+        collapsed.P.zero_()
+        collapsed.P[0, 0] = 1.0  # every frame projects onto one direction
+    frames = torch.rand(2, 50, 16) + 0.1  # positive first feature
+    assert code_usage(collapsed(frames), V) == {
+        "codes_used": 1, "code_ppl": 1.0, "top_code_share": 1.0,
+    }
+
+    uniform = RandomProjectionQuantizer(16, 16, V)
+    with torch.no_grad():
+        uniform.P.copy_(torch.eye(16))
+    # each code vector itself, three times: every code once per copy
+    targets = uniform(uniform.CB.repeat(3, 1).unsqueeze(0))
+    usage = code_usage(targets, V)
+    assert usage["codes_used"] == V
+    assert usage["code_ppl"] == pytest.approx(V)
+    assert usage["top_code_share"] == pytest.approx(1 / V)
+
+    # in between: half the frames on one code, the rest spread out
+    mixed = torch.cat([torch.zeros(V, dtype=torch.long), torch.arange(V)])
+    usage = code_usage(mixed, V)
+    assert usage["codes_used"] == V and 1 < usage["code_ppl"] < V / 2
+
+
+def test_health_stats_accumulate_between_log_lines():
+    """Accuracy, code usage, predictions' perplexity, gradient norm and the
+    masked share are those of every batch since the last reset."""
+    V = 8
+    stats = HealthStats(cb_vocab=V)
+    assert stats.summary() == {}
+    sure = torch.full((1, 4, V), -20.0)
+    sure[0, torch.arange(4), torch.tensor([1, 1, 2, 3])] = 20.0  # confident
+    stats.update(sure, torch.tensor([[1, 1, 2, 5]]), torch.ones(1, 4, dtype=torch.bool),
+                 masked_frames=16, valid_frames=40)
+    flat = torch.zeros(1, 2, V)  # uniform predictions
+    stats.update(flat, torch.tensor([[6, 7]]), torch.tensor([[True, False]]),
+                 masked_frames=4, valid_frames=10)
+    stats.add_grad_norm(1.0)
+    stats.add_grad_norm(3.0)
+    s = stats.summary()
+    assert s["masked_acc"] == pytest.approx(3 / 5)  # 3 right of 5 masked frames
+    assert s["codes_used"] == 4  # codes 1, 2, 5, 6 (7 is not masked)
+    assert s["top_code_share"] == pytest.approx(2 / 5)
+    assert s["grad_norm"] == pytest.approx(2.0)
+    assert s["masked_share"] == pytest.approx(20 / 50)
+    # mean predicted distribution: codes 1 (x2), 2, 3 sure, one uniform row
+    mean = torch.tensor([0.2 * x + 0.2 / V for x in (0, 2, 1, 1, 0, 0, 0, 0)])
+    assert s["pred_ppl"] == pytest.approx(float(torch.exp(-(mean * mean.log()).sum())), rel=1e-4)
+    stats.reset()
+    assert stats.summary() == {}

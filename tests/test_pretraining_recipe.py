@@ -73,7 +73,23 @@ def test_pretraining_runs_and_learns(demo_data, tmp_path):
     # warm-up then decay of the learning rate, logged every 10 steps
     lrs = [r["lr"] for r in rows]
     assert lrs[0] < max(lrs) and lrs[-1] < max(lrs)
-    assert "masked_acc" in rows[-1]
+    # the health signals, every line: accuracy above its chance level by the
+    # end, targets spread over hundreds of codes, predictions less spread
+    # than at the start, a gradient norm, about half the frames masked
+    health = ("masked_acc", "top_code_share", "codes_used", "code_ppl",
+              "pred_ppl", "grad_norm", "masked_share")
+    assert all(key in row for row in rows for key in health), rows[0]
+    assert rows[-1]["masked_acc"] > rows[-1]["top_code_share"]
+    assert all(100 < row["codes_used"] <= 8192 and row["code_ppl"] > 50 for row in rows)
+    assert rows[-1]["pred_ppl"] < rows[0]["pred_ppl"]
+    assert all(0.2 < row["masked_share"] < 0.8 and row["grad_norm"] > 0 for row in rows)
+    # the curves, drawn at the end of the run and on demand
+    assert (out / "train_curves.png").stat().st_size > 10_000
+    again = subprocess.run(
+        [sys.executable, "-m", "lobes.plot_run", str(out), "--out", str(tmp_path / "c.png")],
+        capture_output=True, text=True, check=True,
+    )
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG", again.stdout
 
 
 def test_resume_continues_exactly(demo_data, tmp_path):

@@ -17,15 +17,18 @@ Usage::
 
 or, from Python, ``make_demo_corpus("demo_data")``.
 
-What is made (seed 0: about 12 min of LibriSpeech, 4 min of LibriLight):
+What is made (seed 0: about 34 min of LibriSpeech, 4 min of LibriLight):
 
 * ``<out>/LibriSpeech/``: ``SPEAKERS.TXT`` (the real file's format) and
   ``<split>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac`` with one
   ``<speaker>-<chapter>.trans.txt`` per chapter (lines ``<utt_id> <TEXT>``,
   upper case, no punctuation but apostrophes). Splits: ``train-clean-100``
-  (8 speakers x 2 chapters x 8 utterances of 2-6 s), ``dev-clean``,
-  ``test-clean`` and ``test-other`` (3 other speakers each, 5 utterances of
-  2-8 s per speaker, about 1 min per split). Speakers never span splits.
+  (8 speakers x 2 chapters x 8 utterances of 2-6 s, the ASR probes'
+  training set), ``train-clean-360`` (20 more speakers, the same amount
+  each: with train-clean-100, the ~30 min that the demo pretrains on),
+  ``dev-clean`` and ``test-other`` (3 other speakers each, 5 utterances of
+  2-8 s per speaker), ``test-clean`` (4 speakers, 8 utterances each).
+  Speakers never span splits.
 * ``<out>/LibriLight/small/<speaker>/<book_dir>/<file>.flac`` with a sibling
   ``<file>.json`` (``speaker``, ``book_meta``, ``snr``, ``voice_activity`` =
   ``[[start_s, end_s], ...]``) as in facebookresearch/libri-light: 4 long
@@ -321,21 +324,28 @@ def speak_in_range(key, voice, speed, pitch, min_s, max_s, max_tries=30):
 def speakers(rng, n):
     """``n`` distinct speakers: dicts with voice, sex, speed and pitch.
 
-    Every speaker has its own voice variant and a random accent.
+    The first ``len(VARIANTS)`` speakers each have their own voice variant
+    and a random accent; beyond that, variants come back with another
+    accent (a distinct accent-variant pair, speed and pitch per speaker).
     """
     variants = sorted(VARIANTS)
     rng.shuffle(variants)
-    if n > len(variants):
-        raise ValueError(f"at most {len(variants)} distinct demo speakers")
-    return [
-        {
-            "voice": f"{rng.choice(ACCENTS)}+{variant}",
+    if n > len(variants) * len(ACCENTS):
+        raise ValueError(f"at most {len(variants) * len(ACCENTS)} distinct demo speakers")
+    out, pairs = [], set()
+    for k in range(n):
+        variant = variants[k % len(variants)]
+        accent = rng.choice(ACCENTS)
+        while (accent, variant) in pairs:
+            accent = rng.choice(ACCENTS)
+        pairs.add((accent, variant))
+        out.append({
+            "voice": f"{accent}+{variant}",
             "sex": VARIANTS[variant],
             "speed": rng.randint(140, 190),
             "pitch": rng.randint(30, 70),
-        }
-        for variant in variants[:n]
-    ]
+        })
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -399,9 +409,15 @@ LIBRISPEECH_SPLITS = {
     # split: (speakers, chapters per speaker, utterances per chapter, min s, max s)
     "train-clean-100": (8, 2, 8, 2.0, 6.0),
     "dev-clean": (3, 1, 5, 2.0, 8.0),
-    "test-clean": (3, 1, 5, 2.0, 8.0),
+    "test-clean": (4, 1, 8, 2.0, 8.0),
     "test-other": (3, 1, 5, 2.0, 8.0),
+    # Pretraining data only (as LibriSpeech's 360 h: the MP3S ASR probe
+    # trains on train-clean-100). Last, so that its speakers, beyond the
+    # 27 voice variants, reuse variants (with other accents) and the dev and
+    # test speakers keep voices of their own.
+    "train-clean-360": (20, 2, 8, 2.0, 6.0),
 }
+LIBRISPEECH_VERSION = f"{VERSION}.ls2"  # train-clean-360, 32 test-clean utterances
 
 
 def _librispeech(root, seed):
@@ -455,7 +471,7 @@ def _librispeech(root, seed):
 
 def make_librispeech_demo(out_root, seed=0):
     """Makes ``<out_root>/LibriSpeech`` (see the module docstring); returns it."""
-    return _build(Path(out_root) / "LibriSpeech", seed, _librispeech)
+    return _build(Path(out_root) / "LibriSpeech", seed, _librispeech, LIBRISPEECH_VERSION)
 
 
 # ---------------------------------------------------------------------------

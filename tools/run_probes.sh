@@ -4,85 +4,98 @@
 # verification, IEMOCAP emotion, SLURP intent) on the frozen demo encoder
 # that tools/run_demo.sh pretrained, each on its own demo corpus, with the
 # settings of the "Demo" section of the recipe's README (one probe per task).
-# CPU, ~15 minutes. Ends with one line per task, seven in all.
-# MIXER=fastformer picks another demo encoder; PY another Python.
+#
+# Each probe is trained three times, same seed, same epochs (the recipes'
+# encoder_init): on the pretrained encoder, on the same encoder at random
+# initialisation, and on the fbank features alone. tools/demo_table.py then
+# prints one table of the three and says, task by task, whether pretraining
+# helped (also written to $RESULTS/demo_table_$MIXER.md).
+#
+# MIXER=fastformer picks another demo encoder; INITS=pretrained skips the
+# baselines; TASKS="asr voxceleb" runs some tasks only (of: asr buckeye
+# cv_cy cv_eu voxceleb iemocap slurp); PY another Python.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
 MIXER=${MIXER:-summarymixing}
 PRETRAINED=${PRETRAINED:-$ROOT/results/demo_bestrq_$MIXER}
 RESULTS=${RESULTS:-$ROOT/results}
+INITS=${INITS:-pretrained random fbank}
+TASKS=${TASKS:-asr buckeye cv_cy cv_eu voxceleb iemocap slurp}
 
 if [ ! -d "$PRETRAINED/save" ]; then
     echo "No pretrained demo encoder in $PRETRAINED/save: run 'make demo' (or tools/run_demo.sh) first." >&2
     exit 1
 fi
 "$PY" "$ROOT/tools/demo_corpus.py" --out "$ROOT/demo_data" --tasks librispeech,buckeye,commonvoice,voxceleb,iemocap,slurp
-# Probe folders from an earlier demo belong to an earlier encoder: start afresh.
-rm -rf "$RESULTS/demo_asr_bilstm_$MIXER" "$RESULTS/demo_buckeye_bilstm_$MIXER" \
-    "$RESULTS/demo_cv_cy_bilstm_$MIXER" "$RESULTS/demo_cv_eu_bilstm_$MIXER" \
-    "$RESULTS/demo_voxceleb_ecapa_$MIXER" \
-    "$RESULTS/demo_iemocap_linear_$MIXER" "$RESULTS/demo_slurp_linear_$MIXER"
-COMMON=(--pretrained_path="$PRETRAINED/save")  # the encoder comes from it
 
-echo "== LibriSpeech ASR (BiLSTM + CTC)"
-cd "$ROOT/recipes/LibriSpeech/ASR/MP3S"
-"$PY" train.py hparams/bilstm_ctc.yaml "${COMMON[@]}" \
-    --data_folder="$ROOT/demo_data/LibriSpeech" \
-    --output_folder="$RESULTS/demo_asr_bilstm_$MIXER" \
-    --number_of_epochs=2 --lstm_hidden=64 --test_beam_search="{beam_size: 8}"
+# The folder of task $1's probe on encoder_init $2 (what demo_table.py reads);
+# a folder from an earlier demo belongs to an earlier encoder: emptied.
+fresh_folder() {
+    local folder="$RESULTS/$1_$MIXER"
+    [ "$2" = pretrained ] || folder="${folder}_$2"
+    rm -rf "$folder"
+    echo "$folder"
+}
 
-echo "== Buckeye ASR (BiLSTM + CTC)"
-cd "$ROOT/recipes/Buckeye/ASR/MP3S"
-"$PY" train.py hparams/bilstm_ctc.yaml "${COMMON[@]}" \
-    --data_folder="$ROOT/demo_data/Buckeye" \
-    --output_folder="$RESULTS/demo_buckeye_bilstm_$MIXER" \
-    --extract_folder="$RESULTS/demo_buckeye_bilstm_$MIXER/tracks" \
-    --number_of_epochs=2 --lstm_hidden=64 --test_beam_search="{beam_size: 8}"
-
-for LANGUAGE in cy eu; do
-    echo "== Common Voice $LANGUAGE ASR (BiLSTM + CTC)"
-    cd "$ROOT/recipes/CommonVoice/ASR/MP3S"
-    "$PY" train.py hparams/bilstm_ctc.yaml "${COMMON[@]}" --language=$LANGUAGE \
-        --data_folder="$ROOT/demo_data/CommonVoice/cv-corpus-11.0-2022-09-21/$LANGUAGE" \
-        --output_folder="$RESULTS/demo_cv_${LANGUAGE}_bilstm_$MIXER" \
-        --number_of_epochs=2 --lstm_hidden=64 --test_beam_search="{beam_size: 8}"
+ASR_DEMO=(--number_of_epochs=2 --lstm_hidden=64 "--test_beam_search={beam_size: 8}")
+for TASK in $TASKS; do
+    for INIT in $INITS; do
+        COMMON=(--pretrained_path="$PRETRAINED/save" --encoder_init="$INIT")
+        case $TASK in
+        asr)
+            echo "== LibriSpeech ASR (BiLSTM + CTC), $INIT"
+            cd "$ROOT/recipes/LibriSpeech/ASR/MP3S"
+            "$PY" train.py hparams/bilstm_ctc.yaml "${COMMON[@]}" "${ASR_DEMO[@]}" \
+                --data_folder="$ROOT/demo_data/LibriSpeech" \
+                --output_folder="$(fresh_folder demo_asr_bilstm "$INIT")" ;;
+        buckeye)
+            echo "== Buckeye ASR (BiLSTM + CTC), $INIT"
+            cd "$ROOT/recipes/Buckeye/ASR/MP3S"
+            OUT_DIR=$(fresh_folder demo_buckeye_bilstm "$INIT")
+            "$PY" train.py hparams/bilstm_ctc.yaml "${COMMON[@]}" "${ASR_DEMO[@]}" \
+                --data_folder="$ROOT/demo_data/Buckeye" \
+                --output_folder="$OUT_DIR" --extract_folder="$OUT_DIR/tracks" ;;
+        cv_cy | cv_eu)
+            LANGUAGE=${TASK#cv_}
+            echo "== Common Voice $LANGUAGE ASR (BiLSTM + CTC), $INIT"
+            cd "$ROOT/recipes/CommonVoice/ASR/MP3S"
+            "$PY" train.py hparams/bilstm_ctc.yaml "${COMMON[@]}" "${ASR_DEMO[@]}" \
+                --language="$LANGUAGE" \
+                --data_folder="$ROOT/demo_data/CommonVoice/cv-corpus-11.0-2022-09-21/$LANGUAGE" \
+                --output_folder="$(fresh_folder "demo_cv_${LANGUAGE}_bilstm" "$INIT")" ;;
+        voxceleb)
+            echo "== VoxCeleb1 speaker verification (ECAPA), $INIT"
+            cd "$ROOT/recipes/VoxCeleb/SpeakerVerification"
+            "$PY" train.py hparams/ecapa.yaml "${COMMON[@]}" \
+                --data_folder="$ROOT/demo_data/VoxCeleb1" \
+                --output_folder="$(fresh_folder demo_voxceleb_ecapa "$INIT")" \
+                --number_of_epochs=6 --out_n_neurons=8 \
+                "--channels=[64, 64, 64, 64, 192]" --emb_dim=64 \
+                "--train_dataloader_opts={batch_size: 8, shuffle: True, num_workers: 0}" ;;
+        iemocap)
+            echo "== IEMOCAP emotion (linear, 10-fold cross-validation), $INIT"
+            cd "$ROOT/recipes/IEMOCAP/EmotionRecognition"
+            "$PY" train.py hparams/linear.yaml "${COMMON[@]}" --test_spk_id=all \
+                --data_folder="$ROOT/demo_data/IEMOCAP_full_release" \
+                --experiment_folder="$(fresh_folder demo_iemocap_linear "$INIT")" \
+                --number_of_epochs=10 --lr=0.005 \
+                "--train_dataloader_opts={batch_size: 4, shuffle: True, num_workers: 0}" ;;
+        slurp)
+            echo "== SLURP intent (linear), $INIT"
+            cd "$ROOT/recipes/SLURP/IntentClassification"
+            "$PY" train.py hparams/linear.yaml "${COMMON[@]}" \
+                --data_folder="$ROOT/demo_data/SLURP" \
+                --output_folder="$(fresh_folder demo_slurp_linear "$INIT")" \
+                --n_scenarios=4 --number_of_epochs=8 --lr=0.01 \
+                "--train_dataloader_opts={batch_size: 4, num_workers: 0}" ;;
+        *)
+            echo "Unknown task $TASK in TASKS (asr buckeye cv_cy cv_eu voxceleb iemocap slurp)" >&2
+            exit 1 ;;
+        esac
+    done
 done
 
-echo "== VoxCeleb1 speaker verification (ECAPA)"
-cd "$ROOT/recipes/VoxCeleb/SpeakerVerification"
-"$PY" train.py hparams/ecapa.yaml "${COMMON[@]}" \
-    --data_folder="$ROOT/demo_data/VoxCeleb1" \
-    --output_folder="$RESULTS/demo_voxceleb_ecapa_$MIXER" \
-    --number_of_epochs=6 --out_n_neurons=8 \
-    "--channels=[64, 64, 64, 64, 192]" --emb_dim=64 \
-    "--train_dataloader_opts={batch_size: 8, shuffle: True, num_workers: 0}"
-
-echo "== IEMOCAP emotion (linear, 10-fold cross-validation)"
-cd "$ROOT/recipes/IEMOCAP/EmotionRecognition"
-"$PY" train.py hparams/linear.yaml "${COMMON[@]}" --test_spk_id=all \
-    --data_folder="$ROOT/demo_data/IEMOCAP_full_release" \
-    --experiment_folder="$RESULTS/demo_iemocap_linear_$MIXER" \
-    --number_of_epochs=10 --lr=0.005 \
-    "--train_dataloader_opts={batch_size: 4, shuffle: True, num_workers: 0}"
-
-echo "== SLURP intent (linear)"
-cd "$ROOT/recipes/SLURP/IntentClassification"
-"$PY" train.py hparams/linear.yaml "${COMMON[@]}" \
-    --data_folder="$ROOT/demo_data/SLURP" \
-    --output_folder="$RESULTS/demo_slurp_linear_$MIXER" \
-    --n_scenarios=4 --number_of_epochs=8 --lr=0.01 \
-    "--train_dataloader_opts={batch_size: 4, num_workers: 0}"
-
-test_wer() {  # the greedy test WER and CER of test set $2 in the train_log.txt of folder $1
-    grep -o "test set: $2,.*" "$1/train_log.txt" | tail -1 | grep -o 'test [WC]ER: [0-9.e+-]*' | paste -sd ' '
-}
 echo
-echo "MP3S on the demo corpora, frozen $MIXER demo encoder ($PRETRAINED):"
-printf '  LibriSpeech ASR test-clean (greedy): %s\n' "$(test_wer "$RESULTS/demo_asr_bilstm_$MIXER" test-clean)"
-printf '  Buckeye ASR test (greedy): %s\n' "$(test_wer "$RESULTS/demo_buckeye_bilstm_$MIXER" test)"
-printf '  Common Voice cy ASR test (greedy): %s\n' "$(test_wer "$RESULTS/demo_cv_cy_bilstm_$MIXER" test)"
-printf '  Common Voice eu ASR test (greedy): %s\n' "$(test_wer "$RESULTS/demo_cv_eu_bilstm_$MIXER" test)"
-printf '  VoxCeleb1: %s\n' "$(tail -n 1 "$RESULTS/demo_voxceleb_ecapa_$MIXER/verification.txt")"
-printf '  IEMOCAP: %s\n' "$(tail -n 1 "$RESULTS/demo_iemocap_linear_$MIXER/cv_accuracy.txt")"
-printf '  SLURP: %s\n' "$(head -n 2 "$RESULTS/demo_slurp_linear_$MIXER/test_results.txt" | paste -sd ' ')"
+"$PY" "$ROOT/tools/demo_table.py" --results "$RESULTS" --mixer "$MIXER" \
+    --markdown "$RESULTS/demo_table_$MIXER.md"

@@ -35,7 +35,6 @@ from speechbrain.utils.logger import get_logger
 
 from lobes.training import parse_arguments
 from lobes.dataio import load_audio
-from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain
 from lobes.recipe import load_hparams, record_encoder
 
@@ -172,7 +171,7 @@ def run_fold(argv):
         },
     )
     train_data, valid_data, test_data = dataio_prepare(hparams)
-    load_pretrained(hparams["pretrained_path"], hparams["encoder"], hparams["normalize"])
+    hparams["weighted_ssl"].load_pretrained(hparams["pretrained_path"])
 
     brain = EmotionBrain(
         modules=hparams["modules"],

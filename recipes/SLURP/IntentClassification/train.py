@@ -38,7 +38,6 @@ from speechbrain.utils.logger import get_logger
 
 from lobes.training import parse_arguments
 from lobes.dataio import filter_by_duration, load_audio
-from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain
 from lobes.recipe import load_hparams, record_encoder
 
@@ -249,7 +248,7 @@ if __name__ == "__main__":
     )
     datasets, encoders = dataio_prepare(hparams)
     add_heads(hparams, encoders)
-    load_pretrained(hparams["pretrained_path"], hparams["encoder"], hparams["normalize"])
+    hparams["weighted_ssl"].load_pretrained(hparams["pretrained_path"])
 
     brain = IntentBrain(
         modules=hparams["modules"],

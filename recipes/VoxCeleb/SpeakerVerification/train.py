@@ -35,7 +35,6 @@ from speechbrain.utils.metric_stats import EER, minDCF
 
 from lobes.training import parse_arguments
 from lobes.dataio import load_audio, load_audio_crop
-from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain, checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
 
@@ -270,7 +269,7 @@ if __name__ == "__main__":
     )
     train_data, valid_data, enrol_data, test_data, _ = dataio_prepare(hparams)
     add_classifier(hparams)
-    load_pretrained(hparams["pretrained_path"], hparams["encoder"], hparams["normalize"])
+    hparams["weighted_ssl"].load_pretrained(hparams["pretrained_path"])
 
     brain = SpeakerBrain(
         modules=hparams["modules"],

@@ -44,7 +44,6 @@ from lobes.asr_probe import (
     make_test_searcher,
 )
 from lobes.dataio import load_audio
-from lobes.pretrained import load_pretrained
 from lobes.recipe import load_hparams, record_encoder
 from lobes.training import parse_arguments
 
@@ -106,7 +105,7 @@ if __name__ == "__main__":
     )
     train_data, valid_data, test_datasets, label_encoder = dataio_prepare(hparams)
     add_output_layer(hparams, label_encoder)
-    load_pretrained(hparams["pretrained_path"], hparams["encoder"], hparams["normalize"])
+    hparams["weighted_ssl"].load_pretrained(hparams["pretrained_path"])
 
     asr_brain = CTCProbe(
         modules=hparams["modules"],

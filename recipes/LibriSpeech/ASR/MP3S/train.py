@@ -48,7 +48,6 @@ from speechbrain.utils.logger import get_logger
 from lobes.asr_probe import check_lm_decoding, make_lm_searcher
 from lobes.dataio import filter_by_duration, load_audio
 from lobes.training import parse_arguments
-from lobes.pretrained import load_pretrained
 from lobes.probing import ProbeBrain, checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
 
@@ -277,7 +276,7 @@ if __name__ == "__main__":
     )
     train_data, valid_data, test_datasets, label_encoder = dataio_prepare(hparams)
     add_output_layer(hparams, label_encoder)
-    load_pretrained(hparams["pretrained_path"], hparams["encoder"], hparams["normalize"])
+    hparams["weighted_ssl"].load_pretrained(hparams["pretrained_path"])
 
     asr_brain = ASRProbe(
         modules=hparams["modules"],

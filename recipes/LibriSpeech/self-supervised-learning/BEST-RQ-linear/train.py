@@ -28,6 +28,7 @@ from speechbrain.utils.distributed import run_on_main
 from lobes.training import parse_arguments
 from lobes.pretraining import BestRQBrain, dataio_prepare
 from lobes.export import export_encoder
+from lobes.plot_run import plot_run
 from lobes.recipe import load_hparams, record_encoder
 
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
@@ -86,5 +87,14 @@ if __name__ == "__main__":
         kwargs={
             "checkpoint": hparams["save_folder"],
             "out_folder": hparams["export_folder"],
+        },
+    )
+    # Loss, masked accuracy and code usage against steps
+    run_on_main(
+        plot_run,
+        kwargs={
+            "folder": hparams["output_folder"],
+            "out": hparams["train_curves"],
+            "cb_vocab": hparams["cb_vocab"],
         },
     )
