@@ -250,7 +250,13 @@ def audio_info(path, decode=False):
     try:
         with sf.SoundFile(str(path)) as fin:
             block = max(1, 10 * fin.samplerate)
-            for chunk in fin.blocks(blocksize=block, dtype="float32", always_2d=True):
+            # read() returns what was really decoded; blocks() yields full
+            # blocks up to the header's length even when the decoder stops
+            # early (a truncated MP3: the rest of the block is uninitialised)
+            while True:
+                chunk = fin.read(block, dtype="float32", always_2d=True)
+                if not len(chunk):
+                    break
                 if not np.isfinite(chunk).all():
                     raise AudioReadError(
                         f"NaN or infinite samples after {decoded / info.samplerate:.2f} s"

@@ -3,7 +3,7 @@
 Used by the audio-check tests (test_audio_checks.py) and the slow
 fault-injection matrix (test_fault_matrix.py). Every helper rewrites one
 file in place, in a *copy* of a demo corpus (``copy_corpus``), keeping its
-name and container format (FLAC or WAV):
+name and container format (FLAC, WAV or MP3):
 
 * ``resample_file``: another sample rate and/or channel count, same speech
   and duration (or stretched to ``seconds`` by repeating it);
@@ -32,7 +32,11 @@ CORPUS = {
     "voxceleb": "VoxCeleb1",
     "iemocap": "IEMOCAP_full_release",
     "slurp": "SLURP",
+    "buckeye": "Buckeye",
+    "commonvoice": "CommonVoice",
 }
+# The Common Voice release and language the tests prepare
+COMMONVOICE = "cv-corpus-11.0-2022-09-21/cy"
 RATES = (8000, 22050, 44100, 48000)
 
 
@@ -48,7 +52,11 @@ def training_files(task, root):
 
     LibriSpeech and LibriLight: their training split; VoxCeleb: the speakers
     outside the trial list; IEMOCAP: the labelled turns of sessions 2-5 (the
-    training speakers of fold 1); SLURP: the recordings of ``train.jsonl``.
+    training speakers of fold 1); SLURP: the recordings of ``train.jsonl``;
+    Buckeye: the tracks of the training speakers (s01-s35), which this
+    extracts from their zips into ``root``, where the preparation finds them;
+    Common Voice: the Welsh clips of ``train.tsv`` whose sentence has the
+    three words the preparation requires.
     """
     root = Path(root)
     if task == "librispeech":
@@ -73,13 +81,33 @@ def training_files(task, root):
             if line.strip():
                 files += [r["file"] for r in json.loads(line)["recordings"]]
         return sorted(root / "audio/slurp_real" / f for f in files)
+    if task == "buckeye":
+        from conftest import REPO, load_script
+
+        prep = load_script(REPO / "recipes/Buckeye/ASR/MP3S/buckeye_prepare.py")
+        prep.extract_tracks(root, root)
+        held_out = {*prep.DEV_SPEAKERS, *prep.TEST_SPEAKERS}
+        return sorted(p for p in root.glob("s*.wav") if p.name[:3] not in held_out)
+    if task == "commonvoice":
+        from conftest import REPO, load_script
+
+        prep = load_script(REPO / "recipes/CommonVoice/ASR/MP3S/common_voice_prepare.py")
+        lines = (root / COMMONVOICE / "train.tsv").read_text(encoding="utf-8").splitlines()
+        header = lines[0].split("\t")
+        rows = [dict(zip(header, line.split("\t"))) for line in lines[1:] if line.strip()]
+        return sorted(
+            root / COMMONVOICE / "clips" / r["path"]
+            for r in rows
+            if prep.normalize_sentence(r["sentence"]) is not None
+        )
     raise ValueError(f"unknown task {task!r}")
 
 
 def _rewrite(path, sig, rate):
     """Writes ``sig`` (frames, channels) over ``path`` in its own format."""
     info = sf.info(str(path))
-    sf.write(str(path), sig, rate, format=info.format, subtype="PCM_16")
+    subtype = "MPEG_LAYER_III" if info.format == "MP3" else "PCM_16"
+    sf.write(str(path), sig, rate, format=info.format, subtype=subtype)
 
 
 def resample_file(path, rate, channels=1, seconds=None):

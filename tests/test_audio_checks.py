@@ -16,6 +16,7 @@ import soundfile as sf
 import speechbrain as sb
 from conftest import REPO, load_script
 from damage import (
+    COMMONVOICE,
     RATES,
     copy_corpus,
     garble_file,
@@ -34,8 +35,10 @@ RECIPES = {
     "voxceleb": REPO / "recipes/VoxCeleb/SpeakerVerification",
     "iemocap": REPO / "recipes/IEMOCAP/EmotionRecognition",
     "slurp": REPO / "recipes/SLURP/IntentClassification",
+    "buckeye": REPO / "recipes/Buckeye/ASR/MP3S",
+    "commonvoice": REPO / "recipes/CommonVoice/ASR/MP3S",
 }
-TASKS = ["librispeech", "librilight", "voxceleb", "iemocap", "slurp"]
+TASKS = ["librispeech", "librilight", "voxceleb", "iemocap", "slurp", "buckeye", "commonvoice"]
 
 
 def script(task, name):
@@ -64,8 +67,15 @@ def prepare(task, root, out, **kwargs):
         script(task, "iemocap_prepare.py").prepare_iemocap(root, out, test_spk_id=1, **kwargs)
         entries = json.loads((out / "train.json").read_text())
         return [{"ID": k, **v} for k, v in entries.items()]
-    else:
+    elif task == "slurp":
         script(task, "slurp_prepare.py").prepare_slurp(root, out, **kwargs)
+        manifest = out / "train.csv"
+    elif task == "buckeye":  # segments of the tracks (extracted by training_files)
+        script(task, "buckeye_prepare.py").prepare_buckeye(root, out, **kwargs)
+        manifest = out / "train.csv"
+    else:
+        script(task, "common_voice_prepare.py").prepare_common_voice(
+            root / COMMONVOICE, out, language="cy", **kwargs)
         manifest = out / "train.csv"
     with open(manifest, newline="", encoding="utf-8") as fin:
         return list(csv.DictReader(fin))
@@ -150,6 +160,15 @@ def recipe_datasets(task, out):
         hparams = {"output_folder": out, "save_folder": out, "sample_rate": 16000,
                    "n_classes": 4}
         return [script(task, "train.py").dataio_prepare(hparams)[0]]
+    if task in ("buckeye", "commonvoice"):  # the ASR probes (lobes.asr_probe)
+        # (str paths: SpeechBrain's SentencePiece concatenates them)
+        hparams = {"train_csv": str(out / "train.csv"), "valid_csv": str(out / "dev.csv"),
+                   "test_csv": [str(out / "test.csv")], "avoid_if_shorter_than": 0.0,
+                   "avoid_if_longer_than": 1000.0, "sorting": "random",
+                   "train_dataloader_opts": {}, "save_folder": str(out), "sample_rate": 16000,
+                   "blank_index": 0, "unk_label": "<unk>", "output_neurons": 100,
+                   "token_type": "bpe", "character_coverage": 1.0}
+        return [script(task, "train.py").dataio_prepare(hparams)[0]]
     hparams = {"train_csv": out / "train.csv", "valid_csv": out / "devel.csv",
                "test_csv": out / "test.csv", "avoid_if_longer_than": 1000.0,
                "sorting": "random", "train_dataloader_opts": {}, "save_folder": out,
@@ -162,9 +181,13 @@ def test_other_sample_rates_and_stereo_keep_their_duration(demo_data, tmp_path, 
     """8, 22.05, 44.1 and 48 kHz files and stereo files among the training
     files: the manifests hold their real durations and every recipe's
     pipeline gives 16 kHz mono signals of that duration (VoxCeleb: 3-s
-    crops, the whole file when shorter)."""
+    crops, the whole file when shorter; Buckeye: segments of the tracks at
+    the same times as in the 16 kHz originals). Common Voice's clips stay
+    MP3 (libsndfile writes MP3 at all these rates, mono and stereo)."""
     root = copy_corpus(demo_data, task, tmp_path)
     files = training_files(task, root)
+    if task == "buckeye":  # the utterances cut from the original 16 kHz tracks
+        reference = {r["ID"]: r for r in prepare(task, root, tmp_path / "reference")}
     changed = {}
     for i, rate in enumerate(RATES):
         changed[str(files[i])] = resample_file(files[i], rate, channels=1 + i % 2)
@@ -175,18 +198,29 @@ def test_other_sample_rates_and_stereo_keep_their_duration(demo_data, tmp_path, 
     listed = {}
     for row in rows:
         seconds = float(row.get("duration", row.get("length")))
+        if task == "buckeye":  # each segment: same start and length in seconds
+            rate = sf.info(row["wav"]).samplerate
+            ref = reference.pop(row["ID"])
+            assert abs(int(row["start"]) / rate - int(ref["start"]) / 16000) < 1e-3, row
+            assert seconds == pytest.approx(float(ref["duration"]), abs=2e-3), row
+            continue
         if task == "voxceleb":  # one row per 3-s chunk, each with the utterance's duration
             listed[row["wav"]] = seconds
         else:
             listed[row["wav"]] = listed.get(row["wav"], 0.0) + seconds
+    if task == "buckeye":
+        assert not reference, f"utterances lost: {sorted(reference)}"
     for wav, seconds in changed.items():
+        if task == "buckeye":  # checked per segment above
+            continue
         if task == "librilight":  # segments: at most the file, minus silences
             assert 0.5 * seconds < listed[wav] <= seconds + 1e-3, (wav, listed[wav], seconds)
         else:
             assert listed[wav] == pytest.approx(seconds, abs=1e-3), wav
 
     for dataset in recipe_datasets(task, out):
-        keys = ["id", "wav", "sig"] + (["start", "stop"] if task == "librilight" else [])
+        segments = task in ("librilight", "buckeye")
+        keys = ["id", "wav", "sig"] + (["start", "stop"] if segments else [])
         sb.dataio.dataset.set_output_keys([dataset], keys)
         seen = set()
         for item in dataset:
@@ -195,7 +229,7 @@ def test_other_sample_rates_and_stereo_keep_their_duration(demo_data, tmp_path, 
             seen.add(item["wav"])
             sig = item["sig"]
             assert sig.dim() == 1, "not mono"
-            if task == "librilight":
+            if segments:
                 rate = sf.info(item["wav"]).samplerate
                 seconds = (int(item["stop"]) - int(item["start"])) / rate
             else:

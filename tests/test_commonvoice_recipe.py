@@ -145,7 +145,7 @@ def test_prepare_errors(demo_data, tmp_path, prep):
         prep.prepare_common_voice(cv, tmp_path / "out2", splits=["train"])
     (cv / "clips" / "bad.mp3").write_bytes(b"not audio at all" * 10)
     (cv / "train.tsv").write_text("client_id\tpath\tsentence\nab\tbad.mp3\tMae hi yma.\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"Cannot read the clip .*bad.mp3"):
+    with pytest.raises(ValueError, match=r"Cannot read audio file .*bad.mp3"):
         prep.prepare_common_voice(cv, tmp_path / "out2", splits=["train"])
 
 

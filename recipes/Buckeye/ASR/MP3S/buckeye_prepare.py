@@ -50,6 +50,14 @@ exclusive, at the file's rate) that ``lobes.dataio.load_audio`` and
 SpeechBrain's ``read_audio`` read as a segment, ``spk_id`` the speaker
 (``s01``).
 
+Each track's length and sample rate come from its WAV header, read once for
+all tracks by ``lobes.dataio.scan_audio``; a track at another rate or in
+stereo keeps its real times. A corrupt track stops the preparation with a
+message naming it. With ``check_audio`` every track is decoded once, in
+parallel, so that a truncated one is found now rather than during training;
+with ``skip_bad_audio`` such tracks are left out and counted instead (list
+in ``<save_folder>/bad_audio_buckeye.txt``).
+
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
@@ -62,8 +70,9 @@ import re
 import zipfile
 from pathlib import Path
 
-import soundfile as sf
 from speechbrain.utils.logger import get_logger
+
+from lobes.dataio import scan_audio
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id", "wrd"]
@@ -88,6 +97,9 @@ def prepare_buckeye(
     min_duration=2.0,
     min_words=3,
     skip_prep=False,
+    num_workers=16,
+    check_audio=False,
+    skip_bad_audio=False,
 ):
     """Writes ``<save_folder>/{train,dev,test}.csv`` (see the module docstring).
 
@@ -114,6 +126,14 @@ def prepare_buckeye(
         ... and when it has at least this many words.
     skip_prep : bool
         Do nothing.
+    num_workers : int
+        Threads reading the WAV headers (or decoding the tracks).
+    check_audio : bool
+        Decode every track fully to find truncated or corrupt ones now rather
+        than during training.
+    skip_bad_audio : bool
+        Leave unreadable/truncated tracks out (counted in the log, listed in
+        ``<save_folder>/bad_audio_buckeye.txt``) instead of stopping.
 
     Raises
     ------
@@ -122,6 +142,9 @@ def prepare_buckeye(
         ``.wav``, or a validation/test speaker missing.
     ValueError
         A ``.words`` file or zip that cannot be read (the message names it).
+    lobes.dataio.BadAudioError
+        Unreadable (corrupt, truncated) tracks, all named, unless
+        ``skip_bad_audio``.
 
     Example
     -------
@@ -148,6 +171,8 @@ def prepare_buckeye(
         "test_speakers": sorted(test_speakers),
         "min_duration": min_duration,
         "min_words": min_words,
+        "check_audio": bool(check_audio),
+        "skip_bad_audio": bool(skip_bad_audio),
     }
     csvs = {split: save_folder / f"{split}.csv" for split in ("train", "dev", "test")}
     if all(p.exists() for p in csvs.values()) and _load_opts(save_folder) == opts:
@@ -172,11 +197,19 @@ def prepare_buckeye(
             )
     split_of = {spk: "dev" for spk in dev_speakers}
     split_of.update({spk: "test" for spk in test_speakers})
+    infos = scan_audio(
+        [wav_file.resolve() for _, wav_file in tracks.values()], check_audio,
+        skip_bad_audio, num_workers, save_folder / "bad_audio_buckeye.txt",
+        what=f"Buckeye tracks in {data_folder}",
+    )
     rows = {split: [] for split in csvs}
     for track, (words_file, wav_file) in sorted(tracks.items()):
+        info = infos.get(str(wav_file.resolve()))
+        if info is None:  # skip_bad_audio
+            continue
         spk = TRACK.fullmatch(track).group(1)
         rows[split_of.get(spk, "train")] += _track_rows(
-            track, words_file, wav_file, min_duration, min_words
+            track, words_file, wav_file, info, min_duration, min_words
         )
     if not rows["train"]:
         raise FileNotFoundError(
@@ -336,14 +369,14 @@ def segment_words(entries, min_duration=2.0, min_words=3):
     return segments
 
 
-def _track_rows(track, words_file, wav_file, min_duration, min_words):
-    """CSV rows ``[ID, duration, wav, start, stop, spk_id, wrd]`` of one track."""
+def _track_rows(track, words_file, wav_file, info, min_duration, min_words):
+    """CSV rows ``[ID, duration, wav, start, stop, spk_id, wrd]`` of one track
+    whose WAV file ``info`` (``lobes.dataio.AudioInfo``) describes."""
     try:
         text = Path(words_file).read_text(encoding="utf-8", errors="replace")
-        info = sf.info(str(wav_file))
-    except (OSError, RuntimeError) as err:
+    except OSError as err:
         raise ValueError(f"Cannot read Buckeye track {track} ({err}).") from err
-    rate, frames = info.samplerate, info.frames
+    rate, frames = info.sample_rate, info.frames
     rows = []
     for start_s, end_s, wrd in segment_words(read_words(text, words_file), min_duration, min_words):
         start = max(0, round(start_s * rate))

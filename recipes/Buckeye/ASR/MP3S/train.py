@@ -101,6 +101,8 @@ if __name__ == "__main__":
             "min_duration": hparams["min_segment_duration"],
             "min_words": hparams["min_segment_words"],
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
     train_data, valid_data, test_datasets, label_encoder = dataio_prepare(hparams)

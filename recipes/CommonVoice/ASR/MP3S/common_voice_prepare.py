@@ -32,6 +32,12 @@ The clips are MP3 (48 kHz in Common Voice 11.0): they are read with
 soundfile, whose wheels (soundfile >= 0.12) bundle libsndfile >= 1.1, which
 decodes MP3; the recipe resamples them to 16 kHz when it reads them.
 
+The headers are read by ``lobes.dataio.scan_audio``. A corrupt clip stops
+the preparation with a message naming it. With ``check_audio`` every clip is
+decoded once, in parallel, so that a truncated one is found now rather than
+during training; with ``skip_bad_audio`` such clips are left out and counted
+instead (list in ``<save_folder>/bad_audio_<split>.txt``).
+
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
@@ -41,11 +47,12 @@ import json
 import os
 import re
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import soundfile as sf
 from speechbrain.utils.logger import get_logger
+
+from lobes.dataio import scan_audio
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
@@ -67,6 +74,8 @@ def prepare_common_voice(
     accented_letters=True,
     skip_prep=False,
     num_workers=16,
+    check_audio=False,
+    skip_bad_audio=False,
 ):
     """Writes ``<save_folder>/<split>.csv`` for each split (see the module
     docstring).
@@ -90,7 +99,13 @@ def prepare_common_voice(
     skip_prep : bool
         Do nothing.
     num_workers : int
-        Threads reading the MP3 headers.
+        Threads reading the MP3 headers (or decoding the clips).
+    check_audio : bool
+        Decode every clip fully to find truncated or corrupt ones now rather
+        than during training.
+    skip_bad_audio : bool
+        Leave unreadable/truncated clips out (counted in the log, listed in
+        ``<save_folder>/bad_audio_<split>.txt``) instead of stopping.
 
     Raises
     ------
@@ -99,8 +114,11 @@ def prepare_common_voice(
         (the message names the first ones).
     ValueError
         A TSV without the ``path``/``sentence``/``client_id`` columns or
-        with a short line, an unreadable clip, a data folder of another
-        language, or a soundfile that cannot read MP3.
+        with a short line, a data folder of another language, or a
+        soundfile that cannot read MP3.
+    lobes.dataio.BadAudioError
+        Unreadable (corrupt, truncated) clips, all named, unless
+        ``skip_bad_audio`` (a ``ValueError`` too).
 
     Example
     -------
@@ -127,6 +145,8 @@ def prepare_common_voice(
         "data_folder": str(data_folder.resolve()),
         "language": language,
         "accented_letters": accented_letters,
+        "check_audio": bool(check_audio),
+        "skip_bad_audio": bool(skip_bad_audio),
     }
     csvs = {split: save_folder / f"{split}.csv" for split in splits}
     done = _load_opts(save_folder)
@@ -137,7 +157,10 @@ def prepare_common_voice(
     _check_mp3_support()
     save_folder.mkdir(parents=True, exist_ok=True)
     for split in todo:
-        rows = _split_rows(data_folder, split, accented_letters, num_workers)
+        rows = _split_rows(
+            data_folder, split, accented_letters, num_workers, check_audio,
+            skip_bad_audio, report_file=save_folder / f"bad_audio_{split}.txt",
+        )
         _write_csv(csvs[split], rows)
         done[csvs[split].name] = opts
         (save_folder / OPTS_FILE).write_text(json.dumps(done, indent=1))
@@ -230,8 +253,11 @@ def _read_tsv(tsv):
     return rows
 
 
-def _split_rows(data_folder, split, accented_letters, num_workers):
-    """CSV rows ``[ID, duration, wav, spk_id, wrd]`` of one split, TSV order."""
+def _split_rows(data_folder, split, accented_letters, num_workers, check_audio=False,
+                skip_bad_audio=False, report_file=None):
+    """CSV rows ``[ID, duration, wav, spk_id, wrd]`` of one split, TSV order
+    (unusable clips left out with ``skip_bad_audio``; see
+    ``lobes.dataio.scan_audio``)."""
     tsv = data_folder / f"{split}.tsv"
     entries = _read_tsv(tsv)
     clips = []
@@ -246,22 +272,19 @@ def _split_rows(data_folder, split, accented_letters, num_workers):
             f"(e.g. {', '.join(missing[:3])}): extract the release again. {DOWNLOAD_HINT}"
         )
 
-    def duration(path):
-        try:
-            info = sf.info(str(path))
-        except RuntimeError as err:
-            raise ValueError(f"Cannot read the clip {path} ({err}): it is corrupt.") from err
-        return info.frames / info.samplerate
-
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        durations = list(pool.map(duration, [c[0] for c in clips]))
+    infos = scan_audio(
+        [path.resolve() for path, _, _ in clips], check_audio, skip_bad_audio,
+        num_workers, report_file, what=f"Common Voice clips of {tsv}",
+    )
     left_out = len(entries) - len(clips)
     if left_out:
         logger.info(f"{split}: {left_out} clips of fewer than 3 words left out (MP3S).")
-    return [
-        [path.stem, dur, str(path.resolve()), spk, words]
-        for (path, spk, words), dur in zip(clips, durations)
-    ]
+    rows = []
+    for path, spk, words in clips:
+        info = infos.get(str(path.resolve()))
+        if info is not None:
+            rows.append([path.stem, info.duration, str(path.resolve()), spk, words])
+    return rows
 
 
 def _load_opts(save_folder):

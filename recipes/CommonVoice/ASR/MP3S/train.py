@@ -98,6 +98,8 @@ if __name__ == "__main__":
             "language": hparams["language"],
             "accented_letters": hparams["accented_letters"],
             "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
         },
     )
     train_data, valid_data, test_datasets, tokenizer = dataio_prepare(hparams)
