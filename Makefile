@@ -6,7 +6,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow corpus
+.PHONY: setup demo test test-slow corpus compare
 
 setup:
 	bash tools/setup_env.sh
@@ -16,6 +16,10 @@ corpus: setup
 
 demo: corpus
 	bash tools/run_demo.sh
+
+# The five paper mixers pretrained with one budget and probed (~1 h on 2 cores).
+compare: corpus
+	bash tools/compare_mixers.sh
 
 test: setup
 	$(PY) -m pytest

@@ -14,8 +14,8 @@ A score counts as better than another when it is better by more than
 ``--margin`` points (2 by default): the demo test sets are small (32 to a
 few hundred items), so smaller differences are noise.
 
-A fine-tuning row (``tools/run_finetune_demo.sh``, when that script exists)
-is read from ``<results>/demo_finetune_<mixer>/demo_row.tsv``: one line
+The fine-tuning rows (``tools/run_finetune_demo.sh``) are read from
+``<results>/demo_finetune_<mixer>/demo_row.tsv``: one line per row,
 ``task<TAB>metric<TAB>pretrained<TAB>random init<TAB>fbank`` (numbers in
 percent, lower is better, ``-`` for a column it does not have).
 
@@ -133,14 +133,14 @@ def compare(a, b, lower_is_better, margin):
 
 def collect(results, mixer):
     """Rows ``(task, metric, {init: score}, lower_is_better)`` of every task
-    (scores None where a run is missing), then the fine-tuning row if any."""
+    (scores None where a run is missing), then the fine-tuning rows if any."""
     rows = []
     for task, metric, stem, reader, lower in TASKS:
         scores = {init: reader(run_folder(results, stem, mixer, init)) for init in INITS}
         rows.append((task, metric, scores, lower))
     finetune = _read(Path(results) / f"demo_finetune_{mixer}" / "demo_row.tsv")
-    if finetune:
-        fields = finetune.strip().splitlines()[0].split("\t")
+    for line in (finetune or "").strip().splitlines():
+        fields = line.split("\t")
         task, metric, values = fields[0], fields[1], fields[2:5]
         scores = {
             init: (None if v.strip() in ("", "-") else float(v))

@@ -48,6 +48,18 @@ done
 test_er() {  # greedy test CER and WER of test set $2 in the train_log.txt of folder $1
     grep -o "test set: $2 - .*" "$1/train_log.txt" | tail -1 | grep -o 'test [CW]ER: [0-9.e+-]*' | paste -sd ' '
 }
+# The rows of the demo table (tools/demo_table.py): test-clean CER of the
+# fine-tuned encoder against the same fine-tuning from random
+# initialisation, and the frozen encoder with the same head.
+cer() { test_er "$1" test-clean | grep -o 'test CER: [0-9.e+-]*' | grep -o '[0-9.e+-]*$' || echo -; }
+mkdir -p "$RESULTS/demo_finetune_$MIXER"
+{
+    printf 'LibriSpeech ASR fine-tuned whole (CTC), test-clean\tCER %%\t%s\t%s\t-\n' \
+        "$(cer "$RESULTS/demo_ft_finetuned_$MIXER")" "$(cer "$RESULTS/demo_ft_random_init_$MIXER")"
+    printf 'LibriSpeech ASR, same head on the frozen encoder, test-clean\tCER %%\t%s\t-\t-\n' \
+        "$(cer "$RESULTS/demo_ft_frozen_$MIXER")"
+} > "$RESULTS/demo_finetune_$MIXER/demo_row.tsv"
+
 echo
 echo "Fine-tuning demo ($MIXER demo encoder, $EPOCHS epochs each, greedy decoding):"
 for RUN in "${RUNS[@]}"; do
