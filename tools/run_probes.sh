@@ -82,7 +82,7 @@ for TASK in $TASKS; do
             "$PY" train.py hparams/linear.yaml "${COMMON[@]}" --test_spk_id=all \
                 --data_folder="$ROOT/demo_data/IEMOCAP_full_release" \
                 --experiment_folder="$(fresh_folder demo_iemocap_linear "$INIT")" \
-                --number_of_epochs=10 --lr=0.005 \
+                --number_of_epochs=5 --lr=0.005 \
                 "--train_dataloader_opts={batch_size: 4, shuffle: True, num_workers: 0}" ;;
         slurp)
             echo "== SLURP intent (linear), $INIT"

@@ -44,6 +44,7 @@ from lobes.asr_probe import (
     make_test_searcher,
 )
 from lobes.dataio import load_audio
+from lobes.probing import checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
 from lobes.training import parse_arguments
 
@@ -81,6 +82,7 @@ if __name__ == "__main__":
     hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
+    tested = checkpoint_to_test(hparams["test_checkpoint"], "WER")  # checked now
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -129,6 +131,6 @@ if __name__ == "__main__":
         asr_brain.test_set_name = name
         asr_brain.evaluate(
             test_data,
-            min_key="WER",
             test_loader_kwargs=hparams["test_dataloader_opts"],
+            **tested,
         )
