@@ -193,6 +193,40 @@ def prepare_librispeech(
         _save_opts(save_folder, done)
 
 
+def prepare_from_hparams(hparams, test_splits=True):
+    """Runs :func:`prepare_librispeech` on the main process with a recipe's
+    hyperparameters: ``data_folder``, ``train_splits`` (prepared and merged
+    into ``<output_folder>/train.csv``), ``dev_splits``, ``test_splits``
+    (unless ``test_splits`` is False: pretraining has none), ``skip_prep``,
+    ``check_audio`` and ``skip_bad_audio``; the CSVs go to
+    ``output_folder``.
+
+    Arguments
+    ---------
+    hparams : dict
+        The recipe's loaded hyperparameters.
+    test_splits : bool
+        Prepare ``hparams["test_splits"]`` too.
+    """
+    from speechbrain.utils.distributed import run_on_main
+
+    run_on_main(
+        prepare_librispeech,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["output_folder"],
+            "tr_splits": hparams["train_splits"],
+            "dev_splits": hparams["dev_splits"],
+            "te_splits": hparams["test_splits"] if test_splits else [],
+            "merge_lst": hparams["train_splits"],
+            "merge_name": "train.csv",
+            "skip_prep": hparams["skip_prep"],
+            "check_audio": hparams["check_audio"],
+            "skip_bad_audio": hparams["skip_bad_audio"],
+        },
+    )
+
+
 def merge_csvs(save_folder, merge_lst, merge_name):
     """Concatenates ``<save_folder>/<split>.csv`` for ``split`` in
     ``merge_lst`` into ``<save_folder>/<merge_name>`` (one header)."""

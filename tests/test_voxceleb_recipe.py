@@ -39,7 +39,7 @@ def probe_args(demo_data, pretrained, out, mixer="summarymixing", probe_yaml="ec
         f"--data_folder={demo_data / 'VoxCeleb1'}",
         f"--output_folder={out}",
         f"--number_of_epochs={epochs}",
-        "--out_n_neurons=8",
+        "--out_n_neurons=16",
         *TINY_PROBE,
         *extra,
     ]
@@ -69,7 +69,7 @@ def test_prepare_demo_layout(demo_data, tmp_path):
     assert list(train[0]) == ["ID", "duration", "wav", "start", "stop", "spk_id"]
     train_speakers = {r["spk_id"] for r in train}
     # the trial speakers never appear in training; each training speaker in both splits
-    assert len(train_speakers) == 8 and not train_speakers & test_speakers
+    assert len(train_speakers) == 16 and not train_speakers & test_speakers
     assert {r["spk_id"] for r in dev} == train_speakers
     assert not {r["wav"] for r in train} & {r["wav"] for r in dev}
     assert {r["ID"] + ".wav" for r in enrol} == {e for _, e, _ in trials}
@@ -169,7 +169,7 @@ def load_hparams(probe_yaml, extra=""):
     from lobes.recipe import load_hparams as load
 
     pretrained = tiny_pretrained(tempfile.mkdtemp())
-    overrides = f"pretrained_path: {pretrained}\ndata_folder: x\nout_n_neurons: 8\n{extra}"
+    overrides = f"pretrained_path: {pretrained}\ndata_folder: x\nout_n_neurons: 16\n{extra}"
     return load(RECIPE / f"hparams/{probe_yaml}.yaml", overrides)[0]
 
 

@@ -125,7 +125,7 @@ def prepare_data(hparams):
     """Writes the CSVs: LibriSpeech's dev and test splits and the training
     set, LibriSpeech ``train_splits`` merged, or the Libri-light set
     ``librilight_subset`` of ``librilight_folder``."""
-    from lobes.librispeech_prepare import prepare_librispeech
+    from lobes.librispeech_prepare import prepare_from_hparams
 
     librilight = hparams["librilight_subset"] is not None
     if librilight and hparams["train_splits"]:
@@ -134,21 +134,7 @@ def prepare_data(hparams):
             f"{hparams['train_splits']} are both set: train on one (train_splits: [] "
             "with a Libri-light set)."
         )
-    run_on_main(
-        prepare_librispeech,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["output_folder"],
-            "tr_splits": hparams["train_splits"],
-            "dev_splits": hparams["dev_splits"],
-            "te_splits": hparams["test_splits"],
-            "merge_lst": hparams["train_splits"],
-            "merge_name": "train.csv",
-            "skip_prep": hparams["skip_prep"],
-            "check_audio": hparams["check_audio"],
-            "skip_bad_audio": hparams["skip_bad_audio"],
-        },
-    )
+    prepare_from_hparams(hparams)
     if librilight:
         from librispeech_finetuning_prepare import prepare_librilight_finetuning
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
 from lobes.asr_probe import check_lm_decoding, make_lm_searcher
@@ -257,23 +257,9 @@ if __name__ == "__main__":
     )
     record_encoder(hparams)
 
-    from lobes.librispeech_prepare import prepare_librispeech
+    from lobes.librispeech_prepare import prepare_from_hparams
 
-    run_on_main(
-        prepare_librispeech,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["output_folder"],
-            "tr_splits": hparams["train_splits"],
-            "dev_splits": hparams["dev_splits"],
-            "te_splits": hparams["test_splits"],
-            "merge_lst": hparams["train_splits"],
-            "merge_name": "train.csv",
-            "skip_prep": hparams["skip_prep"],
-            "check_audio": hparams["check_audio"],
-            "skip_bad_audio": hparams["skip_bad_audio"],
-        },
-    )
+    prepare_from_hparams(hparams)
     train_data, valid_data, test_datasets, label_encoder = dataio_prepare(hparams)
     add_output_layer(hparams, label_encoder)
     hparams["weighted_ssl"].load_pretrained(hparams["pretrained_path"])

@@ -46,23 +46,9 @@ if __name__ == "__main__":
     )
     record_encoder(hparams)
 
-    from lobes.librispeech_prepare import prepare_librispeech
+    from lobes.librispeech_prepare import prepare_from_hparams
 
-    run_on_main(
-        prepare_librispeech,
-        kwargs={
-            "data_folder": hparams["data_folder"],
-            "save_folder": hparams["output_folder"],
-            "tr_splits": hparams["train_splits"],
-            "dev_splits": hparams["dev_splits"],
-            "te_splits": [],
-            "merge_lst": hparams["train_splits"],
-            "merge_name": "train.csv",
-            "skip_prep": hparams["skip_prep"],
-            "check_audio": hparams["check_audio"],
-            "skip_bad_audio": hparams["skip_bad_audio"],
-        },
-    )
+    prepare_from_hparams(hparams, test_splits=False)
 
     train_data, valid_data, train_loader_kwargs = dataio_prepare(hparams)
 
