@@ -19,7 +19,7 @@ TINY_PROBE = [  # probe sizes for the demo (the YAMLs hold MP3S's)
     "--channels=[32, 32, 32, 32, 96]",
     "--emb_dim=32",
     "--batch_size=8",
-    "--train_dataloader_opts={batch_size: 8, shuffle: True, num_workers: 0}",
+    "--train_dataloader_opts={batch_size: 8, shuffle: True, num_workers: 0, drop_last: True}",
     "--valid_dataloader_opts={batch_size: 8, num_workers: 0}",
     "--embed_dataloader_opts={batch_size: 8, num_workers: 0}",
 ]

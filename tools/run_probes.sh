@@ -75,7 +75,7 @@ for TASK in $TASKS; do
                 --output_folder="$(fresh_folder demo_voxceleb_ecapa "$INIT")" \
                 --number_of_epochs=6 --out_n_neurons=16 \
                 "--channels=[64, 64, 64, 64, 192]" --emb_dim=64 \
-                "--train_dataloader_opts={batch_size: 8, shuffle: True, num_workers: 0}" ;;
+                "--train_dataloader_opts={batch_size: 8, shuffle: True, num_workers: 0, drop_last: True}" ;;
         iemocap)
             echo "== IEMOCAP emotion (linear, 10-fold cross-validation), $INIT"
             cd "$ROOT/recipes/IEMOCAP/EmotionRecognition"
