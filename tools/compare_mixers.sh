@@ -20,7 +20,7 @@ PY=${PY:-$ROOT/.venv/bin/python}
 MIXERS=${MIXERS:-mhsa hypermixing fastformer summarymixing mamba}
 EPOCHS=${EPOCHS:-6}
 PROBE_TASKS=${PROBE_TASKS:-asr voxceleb}
-RESULTS=${RESULTS:-$ROOT/results/compare}
+RESULTS=$(realpath -m "${RESULTS:-$ROOT/results/compare}")  # the recipes run from their folders
 mkdir -p "$RESULTS"
 
 "$PY" "$ROOT/tools/demo_corpus.py" --out "$ROOT/demo_data" --tasks librispeech

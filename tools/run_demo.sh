@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
 MIXER=${MIXER:-summarymixing}
-OUT=${OUT:-$ROOT/results/demo_bestrq_$MIXER}
+OUT=$(realpath -m "${OUT:-$ROOT/results/demo_bestrq_$MIXER}")  # the recipe runs from its folder
 EPOCHS=${EPOCHS:-6}
 PROBES=${PROBES:-1}
 

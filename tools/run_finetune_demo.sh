@@ -15,6 +15,8 @@ PY=${PY:-$ROOT/.venv/bin/python}
 MIXER=${MIXER:-summarymixing}
 PRETRAINED=${PRETRAINED:-$ROOT/results/demo_bestrq_$MIXER}
 RESULTS=${RESULTS:-$ROOT/results}
+# Absolute: the recipe runs from its own folder.
+PRETRAINED=$(realpath -m "$PRETRAINED"); RESULTS=$(realpath -m "$RESULTS")
 EPOCHS=${EPOCHS:-20}
 LR=${LR:-0.001}
 LR_ENCODER=${LR_ENCODER:-0.0005}

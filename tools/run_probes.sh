@@ -20,6 +20,8 @@ PY=${PY:-$ROOT/.venv/bin/python}
 MIXER=${MIXER:-summarymixing}
 PRETRAINED=${PRETRAINED:-$ROOT/results/demo_bestrq_$MIXER}
 RESULTS=${RESULTS:-$ROOT/results}
+# Absolute: the recipes run from their own folders.
+PRETRAINED=$(realpath -m "$PRETRAINED"); RESULTS=$(realpath -m "$RESULTS")
 INITS=${INITS:-pretrained random fbank}
 TASKS=${TASKS:-asr buckeye cv_cy cv_eu voxceleb iemocap slurp}
 
