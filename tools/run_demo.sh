@@ -6,8 +6,8 @@
 # initialisation; see the pretraining README's five-mixer table).
 # The real recipe and YAML run; only sizes and schedule are overridden.
 # Then the seven MP3S tasks' probes on the frozen result (tools/run_probes.sh;
-# PROBES=0 skips them). MIXER=fastformer bash tools/run_demo.sh picks another
-# mixer.
+# PROBES=0 skips them; FINETUNE=1 adds the fine-tuning comparison).
+# MIXER=fastformer bash tools/run_demo.sh picks another mixer.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
@@ -32,6 +32,12 @@ cut -d, -f1,3,5,6,8 "$OUT/train_steps_log.txt" | sed -n '1p;0~20p;$p'
 echo "Per epoch ($OUT/train_log.txt):"
 tail -n 3 "$OUT/train_log.txt"
 
+# FINETUNE=1: the fine-tuning comparison too (tools/run_finetune_demo.sh,
+# ~10 more minutes), whose rows join the demo table.
+if [ "${FINETUNE:-0}" != 0 ]; then
+    echo
+    MIXER="$MIXER" PRETRAINED="$OUT" bash "$ROOT/tools/run_finetune_demo.sh"
+fi
 if [ "$PROBES" != 0 ]; then
     echo
     MIXER="$MIXER" PRETRAINED="$OUT" bash "$ROOT/tools/run_probes.sh"
