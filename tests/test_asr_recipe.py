@@ -51,7 +51,7 @@ def test_prepare_demo_layout(demo_data, tmp_path):
         dev_splits=["dev-clean"], te_splits=TEST_SETS,
         merge_lst=["train-clean-100"], merge_name="train.csv",
     )
-    expected = {"train": 128, "dev-clean": 15, "test-clean": 15, "test-other": 15}
+    expected = {"train": 128, "dev-clean": 15, "test-clean": 32, "test-other": 15}
     for name, count in expected.items():
         with open(tmp_path / f"{name}.csv", newline="", encoding="utf-8") as fin:
             rows = list(csv.DictReader(fin))
