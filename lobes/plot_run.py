@@ -106,9 +106,13 @@ def plot_run(folder, out=None, cb_vocab=8192):
     -------
     Path
     """
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
+    # (its font search logs hundreds of DEBUG lines into the run's log.txt)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
     folder = Path(folder)

@@ -196,9 +196,9 @@ def render(rows, mixer, margin, markdown=False):
                               row[3], margin) == 1]
     summary = (
         f"Pretraining beat random initialisation on {len(helped)} of {len(run)} tasks"
-        + (f" ({', '.join(helped)})" if helped else "")
+        + (f" ({'; '.join(helped)})" if helped else "")
         + f"; the pretrained encoder beat fbank features on {len(beat_fbank)}"
-        + (f" ({', '.join(beat_fbank)})" if beat_fbank else "")
+        + (f" ({'; '.join(beat_fbank)})" if beat_fbank else "")
         + f". (Better = by more than {margin:g} points; the first number of a cell.)"
     )
     if markdown:
