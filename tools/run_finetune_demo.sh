@@ -43,7 +43,7 @@ for RUN in "${RUNS[@]}"; do
         --data_folder="$ROOT/demo_data/LibriSpeech" \
         --output_folder="$OUT" \
         --number_of_epochs="$EPOCHS" --lr="$LR" --lr_encoder="$LR_ENCODER" \
-        --precision=fp32 --num_workers=0 --dnn_neurons=256 \
+        --precision=fp32 --num_workers=0 --dnn_neurons=256 --test_checkpoint=last \
         --test_beam_search="{beam_size: 8}"
 done
 

@@ -60,6 +60,7 @@ from lobes.asr_probe import (
 )
 from lobes.dataio import load_audio
 from lobes.finetuning import FineTuneBrain, initialise_encoder, train_loader_kwargs
+from lobes.probing import checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
 from lobes.training import parse_arguments
 
@@ -189,6 +190,7 @@ if __name__ == "__main__":
     hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
+    tested = checkpoint_to_test(hparams["test_checkpoint"], "WER")  # checked now
     check_lm_decoding(hparams)  # now, not after training
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
@@ -224,5 +226,5 @@ if __name__ == "__main__":
     for name, test_data in test_datasets.items():
         asr_brain.test_set_name = name
         asr_brain.evaluate(
-            test_data, min_key="WER", test_loader_kwargs=hparams["test_dataloader_opts"]
+            test_data, test_loader_kwargs=hparams["test_dataloader_opts"], **tested
         )
