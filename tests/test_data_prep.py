@@ -202,7 +202,7 @@ def test_librispeech_prepare(corpus, tmp_path):
         merge_lst=["train-clean-100", "dev-clean"], merge_name="train.csv",
     )
     n_rows = {}
-    for split in LS_SPLITS:
+    for split in ["train-clean-100", "dev-clean", "test-clean", "test-other"]:
         rows = read_csv(out / f"{split}.csv")
         assert list(rows[0]) == ["ID", "duration", "wav", "spk_id", "wrd"]
         trans = read_trans(root / split)

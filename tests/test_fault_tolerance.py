@@ -350,7 +350,8 @@ def test_torchrun_two_cpu_processes_start(tmp_path):
         "sb.utils.distributed.ddp_init_group(run_opts)\n"
         "t = torch.ones(1)\n"
         "torch.distributed.all_reduce(t)\n"
-        "print('rank', torch.distributed.get_rank(), run_opts['distributed_backend'], int(t))\n"
+        # one write per line: two ranks' print() pieces interleave on a shared pipe
+        "sys.stdout.write(f\"rank {torch.distributed.get_rank()} {run_opts['distributed_backend']} {int(t)}\\n\")\n"
     )
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone",
