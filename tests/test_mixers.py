@@ -9,6 +9,7 @@ or backward. The references below are written from the papers' equations
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from speechbrain.nnet.hypermixing import HyperMixing as SBHyperMixing
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lobes.mixers.mamba as mamba
+from lobes.mixers import cpu_scan
 from lobes.mixers.common import sinusoidal_positions
 from lobes.mixers.fastformer import Fastformer
 from lobes.mixers.hypermixing import HyperMixing
@@ -345,6 +347,100 @@ def test_mamba_block_with_vectorised_scan_equals_the_reference_scan(monkeypatch)
     fast = block(x)
     monkeypatch.setattr(mamba, "selective_scan", lambda u, d, A, B, C, Dk, c: selective_scan_ref(u, d, A, B, C, Dk))
     torch.testing.assert_close(block(x), fast, atol=1e-5, rtol=1e-5)
+
+
+needs_cpu_kernel = pytest.mark.skipif(
+    not cpu_scan.cpu_scan_available(),
+    reason="Mamba's compiled CPU scan cannot be built here (no compiler/ninja)",
+)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize(
+    "batch,length,d_inner,n_state", [(1, 1, 16, 16), (2, 37, 20, 3), (3, 130, 48, 16), (1, 300, 33, 5)]
+)
+def test_mamba_cpu_kernel_equals_the_sequential_reference(batch, length, d_inner, n_state):
+    """Channel counts off the kernel's 16-wide blocks, one frame, many
+    frames, batches: the compiled scan gives the reference's numbers."""
+    g = torch.Generator().manual_seed(length)
+    u = torch.randn(batch, d_inner, length, generator=g)
+    delta = F.softplus(torch.randn(batch, d_inner, length, generator=g) - 1)
+    A = -torch.exp(torch.randn(d_inner, n_state, generator=g))
+    B = torch.randn(batch, n_state, length, generator=g)
+    C = torch.randn(batch, n_state, length, generator=g)
+    Dskip = torch.randn(d_inner, generator=g)
+    ref = selective_scan_ref(u, delta, A, B, C, Dskip)
+    out = cpu_scan.scan_forward(u.mT, delta.mT, A, B.mT, C.mT, Dskip).mT
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_cpu_kernel
+def test_mamba_cpu_kernel_handles_underflowing_decays_and_bf16():
+    """Decays below float32's range (exp(-200)) give 0, as expf's
+    subnormals do to the last digit that matters; bf16 in, bf16 out."""
+    u, delta = torch.ones(1, 4, 3), torch.full((1, 4, 3), 50.0)
+    A, B, C = -torch.full((4, 2), 4.0), torch.ones(1, 2, 3), torch.ones(1, 2, 3)
+    ref = selective_scan_ref(u, delta, A, B, C)
+    out = cpu_scan.scan_forward(u.mT, delta.mT, A, B.mT, C.mT, torch.zeros(4)).mT
+    torch.testing.assert_close(out, ref)
+    out = cpu_scan.scan_forward(u.mT.bfloat16(), delta.mT, A, B.mT, C.mT, torch.zeros(4))
+    assert out.dtype == torch.bfloat16
+
+
+@needs_cpu_kernel
+def test_bimamba_uses_the_cpu_kernel_without_autograd_only(monkeypatch):
+    """Inference goes through the compiled scan with the PyTorch scan's
+    numbers (padding isolation included); with autograd, the PyTorch scan
+    runs (the kernel has no backward) and gradients flow."""
+    mixer = BiMamba(D, d_state=4).eval()
+    x = torch.randn(2, 19, D)
+    pad = torch.zeros(2, 19, dtype=torch.bool)
+    pad[1, 12:] = True
+    calls = []
+    kernel = cpu_scan.scan_forward
+    monkeypatch.setattr(cpu_scan, "scan_forward", lambda *a: calls.append(1) or kernel(*a))
+    with torch.no_grad():
+        fast = mixer(x, pad)
+    assert len(calls) == 2  # both directions
+    for block in (mixer.fwd, mixer.bwd):
+        block.backend = "torch"
+    with torch.no_grad():
+        slow = mixer(x, pad)
+    assert len(calls) == 2
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    for block in (mixer.fwd, mixer.bwd):
+        block.backend = "auto"
+    mixer(x, pad).sum().backward()
+    assert len(calls) == 2 and mixer.fwd.A_log.grad is not None
+
+
+def test_mamba_cpu_kernel_build_failure_falls_back_with_a_warning(monkeypatch):
+    """No compiler: one warning naming the fix, the PyTorch scan runs, and
+    backend='cpu_kernel' refuses with a clear error."""
+    import torch.utils.cpp_extension as ext
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(ext, "load", broken)
+    cpu_scan.load_cpu_scan.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="pip install ninja"):
+            assert cpu_scan.load_cpu_scan() is None
+        block = MambaBlock(D, d_state=4).eval()
+        with torch.no_grad():
+            ref = block(torch.randn(1, 5, D))
+        assert torch.isfinite(ref).all()
+        with pytest.raises(ImportError, match="backend='auto' or 'torch'"):
+            MambaBlock(D, d_state=4, backend="cpu_kernel")
+        monkeypatch.setenv(cpu_scan.ENV_SWITCH, "0")
+        cpu_scan.load_cpu_scan.cache_clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert cpu_scan.load_cpu_scan() is None
+    finally:
+        monkeypatch.undo()
+        cpu_scan.load_cpu_scan.cache_clear()
 
 
 def rms_norm_ref(norm, v):

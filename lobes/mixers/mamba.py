@@ -15,12 +15,13 @@ utterance's own length, so padding stays at the end and, everything being
 causal, never reaches a real frame).
 
 On CUDA, when the ``mamba-ssm`` package is installed, the scan runs its fused
-kernel (``selective_scan_fn``); elsewhere ``selective_scan`` runs it in pure
-PyTorch: chunks of ``chunk_size`` frames, a log-depth (Hillis-Steele) scan
-inside each chunk, the state carried between chunks. No Python loop over
-frames; memory bounded by the chunk size. Both paths use the same parameters,
-with the same names as ``mamba_ssm.modules.mamba_simple.Mamba``, so a
-checkpoint trained on GPU loads and runs on CPU.
+kernel (``selective_scan_fn``). On a CPU, where no gradient is needed, it
+runs a compiled kernel of ours (``lobes.mixers.cpu_scan``: one pass, no
+states in memory, compiled on first use); elsewhere, and where that kernel
+cannot be built, ``selective_scan`` runs it in PyTorch, chunk by chunk, the
+recurrence frame by frame on reused buffers. All paths use the same
+parameters, with the same names as ``mamba_ssm.modules.mamba_simple.Mamba``,
+so a checkpoint trained on GPU loads and runs on CPU.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -32,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lobes.mixers import cpu_scan
 from lobes.mixers.common import zero_padded
 
-BACKENDS = ("auto", "torch", "cuda")
+BACKENDS = ("auto", "torch", "cuda", "cpu_kernel")
 LOG2E = math.log2(math.e)
 
 
@@ -243,8 +245,10 @@ class MambaBlock(nn.Module):
     dt_min, dt_max : float
         Range of the initial step sizes.
     backend : str
-        "auto" (CUDA kernel when on a GPU with ``mamba-ssm``, else PyTorch),
-        "torch" or "cuda".
+        "auto": on a GPU, ``mamba-ssm``'s kernel when installed; on a CPU
+        without autograd, the compiled CPU kernel when it builds; else the
+        PyTorch scan. "torch": always the PyTorch scan. "cuda" and
+        "cpu_kernel": that kernel, an error where it is missing.
     chunk_size : int
         Chunk of the PyTorch scan.
 
@@ -275,6 +279,12 @@ class MambaBlock(nn.Module):
                 "Mamba backend='cuda' needs the mamba-ssm package and a CUDA "
                 "GPU: `pip install mamba-ssm` on a CUDA machine, or use "
                 "backend='auto' (falls back to the PyTorch scan)."
+            )
+        if backend == "cpu_kernel" and not cpu_scan.cpu_scan_available():
+            raise ImportError(
+                "Mamba backend='cpu_kernel' could not build the compiled CPU "
+                "scan (see the warning above: it needs a C++ compiler with "
+                "OpenMP and ninja); use backend='auto' or 'torch'."
             )
         self.backend = backend
         self.chunk_size = chunk_size
@@ -308,6 +318,17 @@ class MambaBlock(nn.Module):
             and x.is_cuda
             and _mamba_ssm_scan() is not None
         )
+
+    def _use_cpu_kernel(self, x):
+        """The compiled CPU scan: on CPU, when no gradient flows through
+        the scan (it has no backward), for backends auto and cpu_kernel."""
+        if self.backend not in ("auto", "cpu_kernel") or x.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            return False
+        return cpu_scan.cpu_scan_available()
 
     def _causal_conv_time_major(self, u):
         """The causal depthwise ``conv1d`` on time-major (B, T, D_in) frames.
@@ -361,6 +382,9 @@ class MambaBlock(nn.Module):
             self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1
         )
         delta = F.softplus(self.dt_proj(dt))  # (B, T, D_in)
+        if self._use_cpu_kernel(x):
+            y = cpu_scan.scan_forward(u, delta, A, B, C, self.D)
+            return self.out_proj(y * F.silu(z))
         y = _selective_scan_eager(
             u.transpose(1, 2),
             delta.transpose(1, 2),
