@@ -106,6 +106,10 @@ class ConvFrontEnd(nn.Module):
         Dropout after each block.
     padding_isolation : bool
         See above.
+    inference_chunk : int
+        In eval mode without autograd, each block runs on this many output
+        frames at a time (``_block_in_chunks``: same numbers, a third of the
+        peak memory on long utterances); 0 runs it whole.
 
     Example
     -------
@@ -123,10 +127,12 @@ class ConvFrontEnd(nn.Module):
         strides=(2, 2),
         dropout=0.1,
         padding_isolation=True,
+        inference_chunk=256,
     ):
         super().__init__()
         self.strides = tuple(strides)
         self.padding_isolation = padding_isolation
+        self.inference_chunk = inference_chunk
         self.cnn = ConvolutionFrontEnd(
             input_shape=(8, 64, n_mels),
             num_blocks=len(out_channels),
@@ -185,19 +191,80 @@ class ConvFrontEnd(nn.Module):
             for j in range(pad_t[1]):
                 src = (lengths - 2 - j).clamp(min=0) + pad_t[0]
                 x[rows, lengths + pad_t[0] + j] = x[rows, src]
+        return ConvFrontEnd._conv_padded(conv, x)
+
+    @staticmethod
+    def _conv_padded(conv, x):
+        """The kernel of SpeechBrain's ``conv`` on already padded (B, T, F, C)
+        frames, through the channels_last view (see ``_conv_time_major``)."""
         out = nn.functional.conv2d(
             x.permute(0, 3, 1, 2),  # (B, C, T, F) view, channels_last
             conv.conv.weight.transpose(2, 3),
             conv.conv.bias,
-            stride=(s_t, s_f),
-            dilation=(d_t, d_f),
+            stride=conv.stride[::-1],
+            dilation=conv.dilation[::-1],
             groups=conv.conv.groups,
         )
         return out.permute(0, 2, 3, 1)  # (B, T', F', C')
 
+    def _block_in_chunks(self, block, x, lengths):
+        """One block (conv, norm, activation, dropout) on (B, T, F, C),
+        ``inference_chunk`` output frames at a time, for inference.
+
+        The same numbers as the whole-utterance path, but the block's output
+        is the only activation of the utterance's length that exists: each
+        chunk gathers the (reflect-padded) input rows its convolution needs,
+        so neither the padded copy of the input nor the norm's and the
+        activation's outputs are ever made whole. At 80 s the first block's
+        output is 82 MB (4000 x 40 x 128 floats); the whole-utterance path
+        holds three such tensors at once.
+        """
+        conv, *rest = block.convs.children()
+        k_f, k_t = conv.kernel_size
+        s_f, s_t = conv.stride
+        d_f, d_t = conv.dilation
+        pad_t = get_padding_elem(conv.in_channels, s_t, k_t, d_t)
+        pad_f = get_padding_elem(conv.in_channels, s_f, k_f, d_f)
+        batch, frames = x.shape[:2]
+        span = d_t * (k_t - 1) + 1
+        out_frames = (frames + sum(pad_t) - span) // s_t + 1
+        out_lengths = torch.div(lengths + s_t - 1, s_t, rounding_mode="floor")
+        utt = torch.arange(batch, device=x.device)[:, None]
+        out = None
+        for start in range(0, out_frames, self.inference_chunk):
+            stop = min(start + self.inference_chunk, out_frames)
+            # rows of the time-padded input, as indices into x
+            i = torch.arange(start * s_t, (stop - 1) * s_t + span, device=x.device)
+            i = (i - pad_t[0]).expand(batch, -1)
+            src = torch.where(i < 0, -i, torch.where(i >= frames, 2 * (frames - 1) - i, i))
+            if self.padding_isolation:  # reflect at each utterance's own end
+                own = lengths.to(x.device)[:, None]
+                beyond = (i >= own) & (i < own + pad_t[1])
+                src = torch.where(beyond, (2 * own - 2 - i).clamp(min=0), src)
+            y = self._conv_padded(conv, _reflect_pad(x[utt, src], 2, *pad_f))
+            for module in rest:  # norm, activation, dropout
+                y = module(y)
+            if self.padding_isolation:
+                t = torch.arange(start, stop, device=x.device)
+                y = y * (t < out_lengths.to(x.device)[:, None])[:, :, None, None]
+            if out is None:
+                out = y.new_empty(batch, out_frames, *y.shape[2:])
+            out[:, start:stop] = y
+        return out
+
     def forward(self, x, lengths):
         """Maps (B, T, n_mels) and frame counts (B,) to (B, T', C*F') and (B,)."""
         x = x.unsqueeze(-1)  # (B, T, F, 1), as SpeechBrain's front-end does
+        if (
+            self.inference_chunk
+            and not self.training
+            and not torch.is_grad_enabled()
+            and x.shape[1] > self.inference_chunk * self.downsampling
+        ):
+            for block, s in zip(self.cnn.children(), self.strides):
+                x = self._block_in_chunks(block, x, lengths)
+                lengths = torch.div(lengths + s - 1, s, rounding_mode="floor")
+            return x.flatten(start_dim=2), lengths
         for block, s in zip(self.cnn.children(), self.strides):
             for module in block.convs.children():  # conv, norm, act, dropout
                 if isinstance(module, Conv2d):

@@ -91,6 +91,37 @@ def test_frontend_equals_speechbrains_blocks(channels, kernels):
     assert out.is_contiguous()
 
 
+@pytest.mark.parametrize("isolation", [True, False])
+@pytest.mark.parametrize("channels,kernels", [((128, 32), (3, 3)), ((16, 8), (5, 3))])
+def test_frontend_in_chunks_equals_the_whole_utterance(isolation, channels, kernels, monkeypatch):
+    """Inference runs each block a chunk of output frames at a time (a third
+    of the peak memory at 80 s): the same numbers as the whole-utterance
+    path, at chunk sizes that cut through both reflect paddings and each
+    utterance's own end; training and autograd keep the whole path."""
+    torch.manual_seed(0)
+    x, lens = torch.randn(3, 203, 80), torch.tensor([203, 150, 61])
+    x = x * length_to_mask(lens, 203)[:, :, None]
+    fe = ConvFrontEnd(80, channels, kernels, padding_isolation=isolation).eval()
+    chunked = []
+    spy = fe._block_in_chunks
+    monkeypatch.setattr(fe, "_block_in_chunks", lambda *a: chunked.append(1) or spy(*a))
+    with torch.no_grad():
+        fe.inference_chunk = 0
+        whole, whole_lens = fe(x, lens)
+        for chunk in (1, 4, 13, 50):
+            fe.inference_chunk = chunk
+            out, out_lens = fe(x, lens)
+            assert len(chunked) == 2 and torch.equal(out_lens, whole_lens)
+            torch.testing.assert_close(out, whole, atol=1e-6, rtol=1e-6)
+            chunked.clear()
+    fe.inference_chunk = 4
+    fe(x, lens)  # autograd on: whole path
+    fe.train()
+    with torch.no_grad():
+        fe(x, lens)
+    assert not chunked
+
+
 def test_unknown_mixer_is_refused_with_the_valid_names():
     with pytest.raises(ValueError, match="Unknown token mixer 'attention'.*summarymixing"):
         ConformerEncoder("attention", **SMALL)
