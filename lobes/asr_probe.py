@@ -16,8 +16,7 @@ tasks is the data (each recipe's ``dataio_prepare``) and the output units:
 * subwords (CommonVoice): a SentencePiece model (BPE, 100 units in MP3S)
   trained on the training transcripts (:func:`subword_tokenizer`).
 
-(The LibriSpeech recipe, older, still defines the same probe in its own
-``train.py``, with the LM decoding from here.) Fine-tuning a whole encoder
+Fine-tuning a whole encoder
 with a CTC head (``recipes/LibriSpeech/ASR/CTC-BEST-RQ-linear``) uses the
 same pieces: :class:`CTCDecoding` (loss, greedy and beam decoding, WER/CER,
 WER files) is a mixin of any ``Brain``; :func:`make_lm_searcher` builds the
@@ -31,10 +30,8 @@ data, builds its datasets and audio pipeline, then uses the pieces here::
     train, valid, tests = load_datasets(hparams)
     ...  # the recipe's audio pipeline on [train, valid, *tests.values()]
     tokenizer = char_tokenizer(hparams, train, datasets)
-    add_output_layer(hparams, tokenizer)
-    asr_brain = CTCProbe(modules=..., hparams=..., run_opts=..., checkpointer=...)
-    asr_brain.tokenizer = tokenizer
-    asr_brain.test_searcher = make_test_searcher(hparams, tokenizer)
+    asr_brain = build_probe(hparams, run_opts, tokenizer)  # a CTCProbe
+    asr_brain.fit(...)  # then evaluate() each test set
 
 Hyperparameters read from the YAML: ``train_csv``, ``valid_csv``,
 ``test_csv`` (a list), ``sorting``, ``avoid_if_longer_than``,
@@ -170,8 +167,10 @@ class CTCProbe(CTCDecoding, ProbeBrain):
     and WER files: :class:`CTCDecoding`).
 
     Validation logs the greedy WER and CER; each test set logs them for
-    greedy decoding and, with a searcher, with ``_beam`` appended, and
-    writes ``<output_wer_folder>/wer_<test set>_{greedy,beam}.txt``.
+    greedy decoding and, with a searcher, with ``_beam`` (or ``_beam_lm``)
+    appended, and writes ``<output_wer_folder>/wer_<test set>_<decoding>.txt``.
+    A BiLSTM probe gets the lengths of the batch (packed sequences) unless
+    ``pack_lstm: False`` (the padded batch, as MP3S ran it).
     """
 
     def compute_forward(self, batch, stage):
@@ -179,10 +178,12 @@ class CTCProbe(CTCDecoding, ProbeBrain):
         (B,) and the hypotheses of ``decode``."""
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        feats = self.encode(wavs, wav_lens)  # (B, T', D)
+        feats = self.encode(wavs, wav_lens, batch.id)  # (B, T', D)
         enc = self.modules.enc
         if "lengths" in inspect.signature(enc.forward).parameters:  # RNNs
-            out = enc(feats, lengths=wav_lens)
+            # packed by length (pack_lstm: True, default), or padded as in MP3S
+            pack = getattr(self.hparams, "pack_lstm", True)
+            out = enc(feats, lengths=wav_lens if pack else None)
         else:
             out = enc(feats)
         if isinstance(out, tuple):  # (output, hidden) of an RNN
@@ -604,12 +605,48 @@ def make_lm_searcher(hparams, vocab_list):
 
 
 def make_test_searcher(hparams, tokenizer):
-    """:func:`make_lm_searcher` over the tokenizer's units, the searcher
-    only (its results are named ``beam``).
+    """:func:`make_lm_searcher` over the tokenizer's units: the searcher (or
+    None) and the name of its results (``beam`` or ``beam_lm``).
 
     Raises
     ------
     FileNotFoundError
         ``kenlm_model_path`` is set but no such file exists.
     """
-    return make_lm_searcher(hparams, vocabulary(tokenizer))[0]
+    return make_lm_searcher(hparams, vocabulary(tokenizer))
+
+
+def build_probe(hparams, run_opts, tokenizer, brain_class=None):
+    """The CTC probe of an MP3S ASR recipe, ready to ``fit``.
+
+    Adds the output layer sized from ``tokenizer`` (:func:`add_output_layer`),
+    loads the pretrained encoder into ``weighted_ssl`` (``pretrained_path``),
+    builds the ``Brain`` and gives it the tokenizer and the test-time beam
+    search (:func:`make_test_searcher`).
+
+    Arguments
+    ---------
+    hparams : dict
+        The recipe's loaded YAML.
+    run_opts : dict
+        SpeechBrain's run options (from the command line).
+    tokenizer : CTCTextEncoder or SentencePiece
+        The CTC units.
+    brain_class : type, optional
+        A ``CTCProbe`` subclass (default ``CTCProbe``).
+
+    Returns
+    -------
+    CTCProbe
+    """
+    add_output_layer(hparams, tokenizer)
+    hparams["weighted_ssl"].load_pretrained(hparams["pretrained_path"])
+    asr_brain = (brain_class or CTCProbe)(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    asr_brain.tokenizer = tokenizer
+    asr_brain.test_searcher, asr_brain.beam_kind = make_test_searcher(hparams, tokenizer)
+    return asr_brain

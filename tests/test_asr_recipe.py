@@ -10,9 +10,11 @@ from collections import defaultdict
 
 import pytest
 import torch
-from conftest import PROBE_LAYERS, REPO, load_script, run_recipe
+from conftest import PROBE_LAYERS, REPO, run_recipe
 from make_ngram_lm import estimate, read_sentences, write_arpa
+from speechbrain.dataio.encoder import CTCTextEncoder
 
+from lobes.asr_probe import make_test_searcher, vocabulary
 from lobes.librispeech_prepare import prepare_librispeech
 
 RECIPE = REPO / "recipes/LibriSpeech/ASR/MP3S"
@@ -196,13 +198,13 @@ def test_lm_decoding_refused_without_kenlm(demo_data, pretrained_demo, tmp_path,
 
 @pytest.mark.parametrize("decoder", ["speechbrain", "pyctcdecode"])
 def test_lm_changes_the_beam_search(demo_data, tmp_path, decoder):
-    """Through the recipe's searcher (character vocabulary with blank, space
-    and unk; SpeechBrain's or MP3S 2023's pyctcdecode): acoustics that
+    """Through the recipes' searcher (``lobes.asr_probe.make_test_searcher``
+    on a character vocabulary with blank, space and unk; SpeechBrain's or
+    MP3S 2023's pyctcdecode): acoustics that
     favour a misspelt word decode to it without LM, and to the word of the
     demo LM with it."""
     for package in ("kenlm", "pygtrie", *(["pyctcdecode"] if decoder == "pyctcdecode" else [])):
         pytest.importorskip(package)
-    train_py = load_script(RECIPE / "train.py", "asr_train_under_test")
     lm = demo_lm(demo_data, tmp_path / "lm.arpa")
     sentences = read_sentences([demo_data / "LibriSpeech/train-clean-100"])
     vocab = {w for s in sentences for w in s}
@@ -224,8 +226,9 @@ def test_lm_changes_the_beam_search(demo_data, tmp_path, decoder):
         frames += [probs / probs.sum(), blank / blank.sum()]
     log_probs = torch.stack(frames).log().unsqueeze(0)
 
-    class Labels:
-        ind2lab = dict(enumerate(labels))
+    Labels = CTCTextEncoder()
+    Labels.update_from_iterable(labels, sequence_input=False)
+    assert vocabulary(Labels) == labels
 
     yaml = {"use_beam_search": True, "lm_decoder": decoder, "test_beam_search": {
         "beam_size": 16, "blank_index": 0, "space_token": " ", "alpha": 0.8, "beta": 1.2}}
@@ -233,11 +236,11 @@ def test_lm_changes_the_beam_search(demo_data, tmp_path, decoder):
         out = searcher(log_probs, torch.ones(1))[0]
         return out if isinstance(out, str) else out[0].text
 
-    no_lm, kind = train_py.make_test_searcher(yaml, Labels)
+    no_lm, kind = make_test_searcher(yaml, Labels)
     assert kind == "beam"
     assert best(no_lm) == f"{first} {typo}"
     yaml["test_beam_search"]["kenlm_model_path"] = str(lm)
-    with_lm, kind = train_py.make_test_searcher(yaml, Labels)
+    with_lm, kind = make_test_searcher(yaml, Labels)
     assert kind == "beam_lm"
     assert type(with_lm).__name__ == ("CTCBeamSearcher" if decoder == "speechbrain"
                                       else "PyctcdecodeSearcher")

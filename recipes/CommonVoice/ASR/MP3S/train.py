@@ -38,10 +38,9 @@ import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
 from lobes.asr_probe import (
-    CTCProbe,
-    add_output_layer,
+    build_probe,
+    check_lm_decoding,
     load_datasets,
-    make_test_searcher,
     subword_tokenizer,
 )
 from lobes.dataio import load_audio
@@ -82,6 +81,7 @@ if __name__ == "__main__":
     hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
+    check_lm_decoding(hparams)  # now, not after training
     tested = checkpoint_to_test(hparams["test_checkpoint"], "WER")  # checked now
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
@@ -105,17 +105,7 @@ if __name__ == "__main__":
         },
     )
     train_data, valid_data, test_datasets, tokenizer = dataio_prepare(hparams)
-    add_output_layer(hparams, tokenizer)
-    hparams["weighted_ssl"].load_pretrained(hparams["pretrained_path"])
-
-    asr_brain = CTCProbe(
-        modules=hparams["modules"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    asr_brain.tokenizer = tokenizer
-    asr_brain.test_searcher = make_test_searcher(hparams, tokenizer)
+    asr_brain = build_probe(hparams, run_opts, tokenizer)  # lobes.asr_probe.CTCProbe
     asr_brain.fit(
         asr_brain.hparams.epoch_counter,
         train_data,
