@@ -252,8 +252,20 @@ class ConvFrontEnd(nn.Module):
             out[:, start:stop] = y
         return out
 
+    @torch.compiler.disable
     def forward(self, x, lengths):
-        """Maps (B, T, n_mels) and frame counts (B,) to (B, T', C*F') and (B,)."""
+        """Maps (B, T, n_mels) and frame counts (B,) to (B, T', C*F') and (B,).
+
+        Kept out of ``torch.compile`` graphs (it runs eagerly, the rest of
+        a compiled model compiled): traced with dynamic shapes, PyTorch
+        2.9's Inductor cannot order the symbolic strides of the
+        channels_last convolution view ("cannot determine truth value of
+        Relational"), and a compiled front-end gains little (two
+        convolutions).
+        """
+        return self._forward(x, lengths)
+
+    def _forward(self, x, lengths):
         x = x.unsqueeze(-1)  # (B, T, F, 1), as SpeechBrain's front-end does
         if (
             self.inference_chunk
