@@ -90,7 +90,7 @@ def _plot(ax, rows, key, *fmt, x="step", **kwargs):
         ax.plot(xs, ys, *fmt, **kwargs)
 
 
-def plot_run(folder, out=None, cb_vocab=8192):
+def plot_run(folder, out=None, cb_vocab=8192, missing_ok=False):
     """Draws the curves of the run in ``folder``; returns the PNG's path.
 
     Arguments
@@ -101,10 +101,24 @@ def plot_run(folder, out=None, cb_vocab=8192):
         The PNG to write (default ``<folder>/train_curves.png``).
     cb_vocab : int
         Codebook size, for the ln(V) line of the loss.
+    missing_ok : bool
+        A run without logged steps yet (fewer than ``log_interval`` steps)
+        is logged and skipped (returns None) instead of refused: what the
+        recipes pass at the end of a run.
 
     Returns
     -------
-    Path
+    Path, or None (nothing to plot, ``missing_ok``)
+
+    Example
+    -------
+    >>> import tempfile
+    >>> plot_run(tempfile.mkdtemp(), missing_ok=True) is None
+    True
+    >>> plot_run(tempfile.mkdtemp())
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: No train_steps_log.txt in ...
     """
     import logging
 
@@ -116,6 +130,13 @@ def plot_run(folder, out=None, cb_vocab=8192):
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
+    steps_log = folder / STEPS_LOG
+    if missing_ok and (not steps_log.is_file() or not steps_log.read_text().strip()):
+        logging.getLogger(__name__).info(
+            f"No training curves: {steps_log} has no step logged yet "
+            "(fewer optimizer steps than log_interval)."
+        )
+        return None
     steps, epochs = read_run(folder)
     if not steps:
         raise ValueError(f"{folder / STEPS_LOG} is empty: nothing to plot yet.")

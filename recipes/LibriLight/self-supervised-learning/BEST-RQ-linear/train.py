@@ -102,5 +102,6 @@ if __name__ == "__main__":
             "folder": hparams["output_folder"],
             "out": hparams["train_curves"],
             "cb_vocab": hparams["cb_vocab"],
+            "missing_ok": True,  # a run shorter than log_interval
         },
     )
