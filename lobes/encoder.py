@@ -108,8 +108,8 @@ class ConvFrontEnd(nn.Module):
         See above.
     inference_chunk : int
         In eval mode without autograd, each block runs on this many output
-        frames at a time (``_block_in_chunks``: same numbers, a third of the
-        peak memory on long utterances); 0 runs it whole.
+        frames at a time (``_block``: same numbers, a third of the peak
+        memory on long utterances); 0 runs it whole.
 
     Example
     -------
@@ -145,7 +145,7 @@ class ConvFrontEnd(nn.Module):
             conv_module=Conv2d,
             dropout=dropout,
         )
-        for module in self.cnn.modules():  # what _block and _conv_time_major assume
+        for module in self.cnn.modules():  # what _block assumes
             assert getattr(module, "reduce_conv", None) is None  # no residual blocks
             if isinstance(module, Conv2d):
                 assert module.padding == "same" and module.padding_mode == "reflect"
@@ -163,10 +163,9 @@ class ConvFrontEnd(nn.Module):
         return lengths
 
     @staticmethod
-    def _conv_time_major(conv, x, lengths=None):
-        """SpeechBrain's ``Conv2d`` (``padding="same"``, reflect) on
-        (B, T, F, C), with the same numbers, without its two transposing
-        copies.
+    def _conv_padded(conv, x):
+        """SpeechBrain's ``Conv2d`` kernel on already padded (B, T, F, C)
+        frames, with the same numbers, without its two transposing copies.
 
         SpeechBrain views (B, T, F, C) as (B, C, F, T) and convolves that:
         time is the innermost spatial axis of the view but the outermost of
@@ -175,28 +174,7 @@ class ConvFrontEnd(nn.Module):
         the same kernel, transposed to (T, F), convolves the (B, C, T, F)
         view, which is PyTorch's ``channels_last`` layout of the very same
         memory: no copy, and the output is (B, T', F', C') in memory order.
-
-        With ``lengths`` (B,), the right time padding of each utterance
-        reflects its own last frames instead of the batch's.
         """
-        k_f, k_t = conv.kernel_size
-        s_f, s_t = conv.stride
-        d_f, d_t = conv.dilation
-        pad_t = get_padding_elem(conv.in_channels, s_t, k_t, d_t)
-        pad_f = get_padding_elem(conv.in_channels, s_f, k_f, d_f)
-        x = _reflect_pad(_reflect_pad(x, 2, *pad_f), 1, *pad_t)
-        if lengths is not None and pad_t[1]:
-            rows = torch.arange(x.shape[0], device=x.device)
-            lengths = lengths.to(x.device)
-            for j in range(pad_t[1]):
-                src = (lengths - 2 - j).clamp(min=0) + pad_t[0]
-                x[rows, lengths + pad_t[0] + j] = x[rows, src]
-        return ConvFrontEnd._conv_padded(conv, x)
-
-    @staticmethod
-    def _conv_padded(conv, x):
-        """The kernel of SpeechBrain's ``conv`` on already padded (B, T, F, C)
-        frames, through the channels_last view (see ``_conv_time_major``)."""
         out = nn.functional.conv2d(
             x.permute(0, 3, 1, 2),  # (B, C, T, F) view, channels_last
             conv.conv.weight.transpose(2, 3),
@@ -207,17 +185,19 @@ class ConvFrontEnd(nn.Module):
         )
         return out.permute(0, 2, 3, 1)  # (B, T', F', C')
 
-    def _block_in_chunks(self, block, x, lengths):
-        """One block (conv, norm, activation, dropout) on (B, T, F, C),
-        ``inference_chunk`` output frames at a time, for inference.
+    def _block(self, block, x, lengths, chunk=None):
+        """One block (conv with "same" reflect padding, norm, activation,
+        dropout) on (B, T, F, C), ``chunk`` output frames at a time (None:
+        all at once).
 
-        The same numbers as the whole-utterance path, but the block's output
-        is the only activation of the utterance's length that exists: each
-        chunk gathers the (reflect-padded) input rows its convolution needs,
-        so neither the padded copy of the input nor the norm's and the
-        activation's outputs are ever made whole. At 80 s the first block's
-        output is 82 MB (4000 x 40 x 128 floats); the whole-utterance path
-        holds three such tensors at once.
+        Each chunk gathers the rows of the time-padded input its convolution
+        needs (reflected at the ends; with ``padding_isolation``, at each
+        utterance's own end, and frames beyond an utterance's length are
+        zeroed in the output). In chunks (inference), the block's output is
+        the only activation of the utterance's length that exists: neither
+        the padded input nor the norm's and the activation's outputs are
+        made whole. At 80 s the first block's output is 82 MB (4000 x 40 x
+        128 floats); all at once, three such tensors are alive.
         """
         conv, *rest = block.convs.children()
         k_f, k_t = conv.kernel_size
@@ -229,10 +209,11 @@ class ConvFrontEnd(nn.Module):
         span = d_t * (k_t - 1) + 1
         out_frames = (frames + sum(pad_t) - span) // s_t + 1
         out_lengths = torch.div(lengths + s_t - 1, s_t, rounding_mode="floor")
+        chunk = chunk or out_frames
         utt = torch.arange(batch, device=x.device)[:, None]
         out = None
-        for start in range(0, out_frames, self.inference_chunk):
-            stop = min(start + self.inference_chunk, out_frames)
+        for start in range(0, out_frames, chunk):
+            stop = min(start + chunk, out_frames)
             # rows of the time-padded input, as indices into x
             i = torch.arange(start * s_t, (stop - 1) * s_t + span, device=x.device)
             i = (i - pad_t[0]).expand(batch, -1)
@@ -247,6 +228,8 @@ class ConvFrontEnd(nn.Module):
             if self.padding_isolation:
                 t = torch.arange(start, stop, device=x.device)
                 y = y * (t < out_lengths.to(x.device)[:, None])[:, :, None, None]
+            if stop - start == out_frames:
+                return y
             if out is None:
                 out = y.new_empty(batch, out_frames, *y.shape[2:])
             out[:, start:stop] = y
@@ -256,39 +239,20 @@ class ConvFrontEnd(nn.Module):
     def forward(self, x, lengths):
         """Maps (B, T, n_mels) and frame counts (B,) to (B, T', C*F') and (B,).
 
-        Kept out of ``torch.compile`` graphs (it runs eagerly, the rest of
-        a compiled model compiled): traced with dynamic shapes, PyTorch
-        2.9's Inductor cannot order the symbolic strides of the
-        channels_last convolution view ("cannot determine truth value of
-        Relational"), and a compiled front-end gains little (two
-        convolutions).
+        In eval mode without autograd each block runs ``inference_chunk``
+        output frames at a time (``_block``). Kept out of ``torch.compile``
+        graphs (it runs eagerly, the rest of a compiled model compiled):
+        traced with dynamic shapes, PyTorch 2.9's Inductor cannot order the
+        symbolic strides of the channels_last convolution view ("cannot
+        determine truth value of Relational"), and a compiled front-end
+        gains little (two convolutions).
         """
-        return self._forward(x, lengths)
-
-    def _forward(self, x, lengths):
+        inference = not self.training and not torch.is_grad_enabled()
+        chunk = self.inference_chunk if inference else None
         x = x.unsqueeze(-1)  # (B, T, F, 1), as SpeechBrain's front-end does
-        if (
-            self.inference_chunk
-            and not self.training
-            and not torch.is_grad_enabled()
-            and x.shape[1] > self.inference_chunk * self.downsampling
-        ):
-            for block, s in zip(self.cnn.children(), self.strides):
-                x = self._block_in_chunks(block, x, lengths)
-                lengths = torch.div(lengths + s - 1, s, rounding_mode="floor")
-            return x.flatten(start_dim=2), lengths
         for block, s in zip(self.cnn.children(), self.strides):
-            for module in block.convs.children():  # conv, norm, act, dropout
-                if isinstance(module, Conv2d):
-                    x = self._conv_time_major(
-                        module, x, lengths if self.padding_isolation else None
-                    )
-                else:
-                    x = module(x)
+            x = self._block(block, x, lengths, chunk)
             lengths = torch.div(lengths + s - 1, s, rounding_mode="floor")
-            if self.padding_isolation:
-                valid = length_to_mask(lengths, x.shape[1]).bool()
-                x = x * valid[:, :, None, None]
         return x.flatten(start_dim=2), lengths
 
 

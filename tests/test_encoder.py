@@ -102,24 +102,26 @@ def test_frontend_in_chunks_equals_the_whole_utterance(isolation, channels, kern
     x, lens = torch.randn(3, 203, 80), torch.tensor([203, 150, 61])
     x = x * length_to_mask(lens, 203)[:, :, None]
     fe = ConvFrontEnd(80, channels, kernels, padding_isolation=isolation).eval()
-    chunked = []
-    spy = fe._block_in_chunks
-    monkeypatch.setattr(fe, "_block_in_chunks", lambda *a: chunked.append(1) or spy(*a))
+    chunks = []  # the chunk size of each block's call
+    spy = fe._block
+    monkeypatch.setattr(fe, "_block", lambda *a: chunks.append(a[3]) or spy(*a))
     with torch.no_grad():
         fe.inference_chunk = 0
         whole, whole_lens = fe(x, lens)
+        assert chunks == [0, 0]  # all at once
+        chunks.clear()
         for chunk in (1, 4, 13, 50):
             fe.inference_chunk = chunk
             out, out_lens = fe(x, lens)
-            assert len(chunked) == 2 and torch.equal(out_lens, whole_lens)
+            assert chunks == [chunk, chunk] and torch.equal(out_lens, whole_lens)
             torch.testing.assert_close(out, whole, atol=1e-6, rtol=1e-6)
-            chunked.clear()
+            chunks.clear()
     fe.inference_chunk = 4
     fe(x, lens)  # autograd on: whole path
     fe.train()
     with torch.no_grad():
         fe(x, lens)
-    assert not chunked
+    assert chunks == [None] * 4
 
 
 def test_unknown_mixer_is_refused_with_the_valid_names():
