@@ -616,7 +616,7 @@ def make_test_searcher(hparams, tokenizer):
     return make_lm_searcher(hparams, vocabulary(tokenizer))
 
 
-def build_probe(hparams, run_opts, tokenizer, brain_class=None):
+def build_probe(hparams, run_opts, tokenizer):
     """The CTC probe of an MP3S ASR recipe, ready to ``fit``.
 
     Adds the output layer sized from ``tokenizer`` (:func:`add_output_layer`),
@@ -632,8 +632,6 @@ def build_probe(hparams, run_opts, tokenizer, brain_class=None):
         SpeechBrain's run options (from the command line).
     tokenizer : CTCTextEncoder or SentencePiece
         The CTC units.
-    brain_class : type, optional
-        A ``CTCProbe`` subclass (default ``CTCProbe``).
 
     Returns
     -------
@@ -641,7 +639,7 @@ def build_probe(hparams, run_opts, tokenizer, brain_class=None):
     """
     add_output_layer(hparams, tokenizer)
     hparams["weighted_ssl"].load_pretrained(hparams["pretrained_path"])
-    asr_brain = (brain_class or CTCProbe)(
+    asr_brain = CTCProbe(
         modules=hparams["modules"],
         hparams=hparams,
         run_opts=run_opts,
