@@ -122,13 +122,6 @@ def plot_run(folder, out=None, cb_vocab=8192, missing_ok=False):
     """
     import logging
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    # (its font search logs hundreds of DEBUG lines into the run's log.txt)
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    import matplotlib.pyplot as plt
-
     folder = Path(folder)
     steps_log = folder / STEPS_LOG
     if missing_ok and (not steps_log.is_file() or not steps_log.read_text().strip()):
@@ -137,6 +130,12 @@ def plot_run(folder, out=None, cb_vocab=8192, missing_ok=False):
             "(fewer optimizer steps than log_interval)."
         )
         return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    # (its font search logs hundreds of DEBUG lines into the run's log.txt)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
     steps, epochs = read_run(folder)
     if not steps:
         raise ValueError(f"{folder / STEPS_LOG} is empty: nothing to plot yet.")
