@@ -234,7 +234,7 @@ class PretrainingModel(torch.nn.Module):
     Arguments
     ---------
     encoder : torch.nn.Module
-        A ``lobes.encoder.ConformerEncoder`` (conv front-end included).
+        A ``lobes.nnet.encoder.ConformerEncoder`` (conv front-end included).
     d_model : int
         Output size of the encoder.
     vocab : int
@@ -242,7 +242,7 @@ class PretrainingModel(torch.nn.Module):
 
     Example
     -------
-    >>> from lobes.encoder import ConformerEncoder
+    >>> from lobes.nnet.encoder import ConformerEncoder
     >>> enc = ConformerEncoder("fastformer", num_layers=1, d_model=16,
     ...                        nhead=2, d_ffn=32, kernel_size=3)
     >>> PretrainingModel(enc, 16, 10)(torch.rand(2, 40, 80)).shape
@@ -278,7 +278,7 @@ class IdentityMixer(torch.nn.Module):
 
     def forward(self, x, pad_mask=None, pos_emb=None):
         """Returns ``x`` (B, T, D) with padded frames zeroed."""
-        from lobes.mixers.common import zero_padded
+        from lobes.nnet.mixers.common import zero_padded
 
         return zero_padded(x, pad_mask)
 
@@ -395,7 +395,7 @@ def model_config(mixer, size="paper"):
 
     The only place the benchmark reads model sizes (with ``build_model``).
     The paper's sizes are the encoder definitions
-    (``lobes.encoder.encoder_config(mixer, "base")``); the smaller ones divide
+    (``lobes.config.encoder_config(mixer, "base")``); the smaller ones divide
     every width (d_model, mixer widths, front-end channels) by the size's
     scale and change depth and FFN size. A mixer without a definition of its
     own takes that of ``YAML_OF[mixer]``.
@@ -423,7 +423,7 @@ def model_config(mixer, size="paper"):
     >>> model_config("speechbrain_relposmhaxl", "small")["d_model"]
     144
     """
-    from lobes.encoder import encoder_config
+    from lobes.config import encoder_config
 
     if size not in SIZES:
         raise ValueError(f"size {size!r} is not one of {sorted(SIZES)}")
@@ -497,7 +497,7 @@ def build_model(mixer, size="paper", vocab=8192, device="cpu"):
     >>> type(floor.encoder.layers[0].mixer).__name__, info["d_model"]
     ('IdentityMixer', 32)
     """
-    from lobes.encoder import ConformerEncoder
+    from lobes.nnet.encoder import ConformerEncoder
 
     config = model_config(mixer, size)
     if mixer == SPEECHBRAIN_REF:
@@ -597,11 +597,11 @@ def scan_flops(model, batch, frames):
 
     Example
     -------
-    >>> from lobes.mixers.mamba import BiMamba
+    >>> from lobes.nnet.mixers.mamba import BiMamba
     >>> scan_flops(BiMamba(8, d_state=4), batch=2, frames=10)  # 2 blocks
     12800
     """
-    from lobes.mixers.mamba import MambaBlock
+    from lobes.nnet.mixers.mamba import MambaBlock
 
     total = 0
     for module in model.modules():
@@ -865,7 +865,7 @@ class Point:
         from speechbrain.lobes.features import Fbank
         from speechbrain.processing.features import InputNormalization
 
-        from lobes.bestrq import (
+        from lobes.nnet.bestrq import (
             RandomProjectionQuantizer,
             compute_span_mask,
             masked_prediction_loss,
@@ -1757,7 +1757,7 @@ def main(argv=None):
         warnings.warn("bf16 requested but this device has no native bf16: it will be emulated (slow)")
     if args.repeats < 5:
         warnings.warn(f"--repeats {args.repeats}: fewer than 5 timed runs per point")
-    from lobes.mixers import check_mixer_name
+    from lobes.nnet.mixers import check_mixer_name
 
     for m in mixers:
         if m not in (FLOOR, SPEECHBRAIN_REF):

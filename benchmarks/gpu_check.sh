@@ -15,7 +15,7 @@
 #      mamba, fp16 and bf16;
 #   2. the same for mamba, with mamba-ssm's kernels if the install worked
 #      (else our PyTorch scan on the GPU; the log says which);
-#   3. our scan against mamba-ssm's: lobes.mixers.mamba.selective_scan vs
+#   3. our scan against mamba-ssm's: lobes.nnet.mixers.mamba.selective_scan vs
 #      mamba_ssm.ops.selective_scan_interface.selective_scan_fn (values,
 #      gradients, time), if mamba-ssm is importable;
 #   4. a bf16 pretraining step per model (paper protocol with the backward of
@@ -83,7 +83,7 @@ step paper_protocol_mamba 240 $PY "${BENCH[@]}" --mixers mhsa,mamba --precisions
 if [ "$HAVE_MAMBA_SSM" = 1 ]; then
     step scan_vs_mamba_ssm 120 $PY - <<'PYEOF'
 import time, torch
-from lobes.mixers.mamba import selective_scan, selective_scan_ref
+from lobes.nnet.mixers.mamba import selective_scan, selective_scan_ref
 from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 torch.manual_seed(0)
 dev = "cuda"

@@ -1,6 +1,21 @@
-"""Linear-complexity BEST-RQ lobes for SpeechBrain.
+"""Linear-complexity BEST-RQ for SpeechBrain, grouped by stage:
 
-Token mixers (one file each), the Conformer that takes any of them, the
-BEST-RQ quantiser and masking, the frozen-encoder weighted layer sum used
-for MP3S probing and the BEST-RQ ``Brain`` class.
+* :mod:`lobes.nnet`: the networks: token mixers (``nnet.mixers``, one file
+  each, and their registry ``MIXERS``), the convolutional front-end, the
+  Conformer encoder, BEST-RQ's quantiser, masks and loss, and the weighted
+  layer sum of the probes;
+* :mod:`lobes.config`: the encoder definitions of ``hparams/`` and
+  argument checks;
+* :mod:`lobes.brains`: SpeechBrain ``Brain`` classes (pretraining, probing,
+  fine-tuning, CTC decoding) and the mixins they share;
+* :mod:`lobes.dataio`: audio reading and checks, data preparation, dataset
+  pipelines, batching and tokenisers;
+* :mod:`lobes.recipe`: what every recipe's ``train.py`` calls first
+  (arguments, hyperparameters, restart checks);
+* :mod:`lobes.deploy`: loading pretrained weights, export to a model folder,
+  conversion of other checkpoints, inference and feature extraction;
+* :mod:`lobes.utils`: checkpointing and run curves.
+
+``lobes.encoder`` and ``lobes.inference`` only keep the names that model
+folders exported by earlier versions refer to.
 """

@@ -14,7 +14,7 @@ one call in place of ``load_hyperpyyaml``::
 * a misspelt key inside a dict-valued override (``--dynamic_batch_sampler=
   "{max_batch_lenght: 100}"`` would otherwise replace the whole dict); the
   encoder's own overrides are checked against its constructor by
-  ``lobes.encoder.encoder_config``;
+  ``lobes.config.encoder_config``;
 * a restart into an output folder whose run used another encoder, before
   anything in that folder is touched.
 
@@ -27,13 +27,19 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
+import dataclasses
 import io
+import os
 from pathlib import Path
 
+import speechbrain as sb
+import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.logger import get_logger
 
+logger = get_logger(__name__)
 ENCODER_RECORD = "encoder.yaml"
 
 
@@ -186,7 +192,101 @@ def record_encoder(hparams):
         return
     path = Path(hparams["output_folder"]) / ENCODER_RECORD
     path.write_text(
-        "# The encoder of this run: lobes.encoder.ConformerEncoder.from_config(<this>)\n"
+        "# The encoder of this run: lobes.nnet.encoder.ConformerEncoder.from_config(<this>)\n"
         + yaml.safe_dump(encoder.config, sort_keys=False),
         encoding="utf-8",
     )
+
+
+CPU_DDP = "--distributed_backend=gloo --device=cpu"
+
+
+def parse_arguments(argv):
+    """``speechbrain.parse_arguments`` for every recipe: the same outputs,
+    with run options that work under ``torchrun`` on any machine.
+
+    SpeechBrain defaults to the NCCL backend, which needs one GPU per
+    process: ``torchrun --nproc_per_node=2 train.py ...`` on a CPU machine
+    then dies with "Not enough GPUs available!". Here, under ``torchrun``
+    without GPUs, the default becomes gloo on CPU (as if
+    ``--distributed_backend=gloo --device=cpu`` were given); an explicit
+    ``--distributed_backend=nccl`` or ``--device=cuda...`` without GPUs, or
+    more processes than GPUs, stop with what to run instead.
+
+    Arguments
+    ---------
+    argv : list of str
+        The command line, ``sys.argv[1:]``.
+
+    Returns
+    -------
+    hparams_file, run_opts, overrides
+        As ``speechbrain.parse_arguments``.
+
+    Example
+    -------
+    >>> _, run_opts, overrides = parse_arguments(["x.yaml", "--lr=0.1"])
+    >>> run_opts["distributed_backend"], overrides  # not under torchrun
+    ('nccl', 'lr: 0.1')
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    return hparams_file, distributed_run_opts(run_opts), overrides
+
+
+def distributed_run_opts(run_opts, environ=None, n_gpus=None):
+    """The DDP part of ``parse_arguments``: ``run_opts`` (a SpeechBrain
+    ``RunOptions``) for a ``torchrun`` process, given the environment and the
+    number of visible GPUs (defaults: ``os.environ``, CUDA's count).
+
+    Example
+    -------
+    >>> run_opts = sb.parse_arguments(["x.yaml"])[1]
+    >>> torchrun = {"RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    >>> opts = distributed_run_opts(run_opts, torchrun, n_gpus=0)
+    >>> opts["distributed_backend"], opts["device"]
+    ('gloo', 'cpu')
+    >>> distributed_run_opts(run_opts, torchrun, n_gpus=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: torchrun started 2 processes on this machine, which has 1 GPU...
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("RANK") is None or environ.get("LOCAL_RANK") is None:
+        return run_opts  # not started by torchrun
+    n_gpus = torch.cuda.device_count() if n_gpus is None else n_gpus
+    given = run_opts.overridden_args
+    backend, device = run_opts["distributed_backend"], run_opts["device"]
+    if n_gpus == 0 and str(device or "").startswith("cuda"):
+        raise ValueError(
+            f"--device={device} but this machine has no GPU. For DDP on CPU "
+            f"run: torchrun --nproc_per_node=N train.py ... {CPU_DDP}"
+        )
+    if backend != "nccl":
+        return run_opts
+    if n_gpus == 0:
+        if "distributed_backend" in given:
+            raise ValueError(
+                "--distributed_backend=nccl needs one GPU per process and this "
+                "machine has none. For DDP on CPU run: torchrun "
+                f"--nproc_per_node=N train.py ... {CPU_DDP}"
+            )
+        if environ.get("RANK") == "0":
+            logger.warning(
+                f"torchrun on a machine without GPU: DDP on CPU ({CPU_DDP})."
+            )
+        return dataclasses.replace(
+            run_opts,
+            distributed_backend="gloo",
+            device="cpu",
+            overridden_args=set(given) | {"distributed_backend", "device"},
+        )
+    local_rank = int(environ["LOCAL_RANK"])
+    if local_rank >= n_gpus:
+        procs = environ.get("LOCAL_WORLD_SIZE", local_rank + 1)
+        raise ValueError(
+            f"torchrun started {procs} processes on this machine, which has "
+            f"{n_gpus} GPU{'s' if n_gpus > 1 else ''}: NCCL needs one GPU per "
+            f"process. Use --nproc_per_node={n_gpus}, or run the processes on "
+            f"CPU with {CPU_DDP}."
+        )
+    return run_opts

@@ -9,31 +9,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from lobes.mixers import MIXERS
+from lobes.nnet.mixers import MIXERS, mixer_names
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
-# The one list of mixers the tests run over.
+# Every mixer list of the tests comes from the registry (lobes.nnet.mixers):
+# a mixer registered there (module, MixerSpec, encoder definition) is run by
+# every mixer-parametrised test.
 ALL_MIXERS = sorted(MIXERS)
-PAPER_MIXERS = ["mhsa", "hypermixing", "fastformer", "summarymixing", "mamba"]
-LINEAR_MIXERS = ["hypermixing", "fastformer", "summarymixing", "summarymixing_lite", "mamba"]
-# Small mixer arguments for unit tests (width 16, 4 heads unless noted).
-SMALL_MIXER_KWARGS = {
-    "summarymixing": {"local_proj_hid_dim": [24], "local_proj_out_dim": 12, "summary_hid_dim": [20]},
-    "summarymixing_lite": {"summary_hid_dim": [20]},
-    "hypermixing": {"hypernet_size": 32},
-    "mamba": {"d_state": 4},
-}
+PAPER_MIXERS = mixer_names(paper=True)
+LINEAR_MIXERS = mixer_names(linear=True)
+PAPER_LINEAR_MIXERS = mixer_names(paper=True, linear=True)
 
 
 def small_mixer(name, d_model=16, nhead=4, **kwargs):
-    """``lobes.mixers.build_mixer`` with small sizes (heads: 1 for SummaryMixing)."""
-    from lobes.mixers import build_mixer
+    """``lobes.nnet.mixers.build_mixer`` with small sizes (heads: 1 for SummaryMixing)."""
+    from lobes.nnet.mixers import build_mixer
 
     if name.startswith("summarymixing"):
         nhead = 1
-    return build_mixer(name, d_model, nhead, **{**SMALL_MIXER_KWARGS.get(name, {}), **kwargs})
+    return build_mixer(name, d_model, nhead, **{**MIXERS[name].small_kwargs, **kwargs})
 
 
 @pytest.fixture(autouse=True)
@@ -137,7 +133,7 @@ def assert_run_rebuilds_its_encoder(run_folder, checkpoint):
     import yaml
     from hyperpyyaml import load_hyperpyyaml
 
-    from lobes.pretrained import encoder_state_dict
+    from lobes.deploy.loading import encoder_state_dict
 
     state = encoder_state_dict(checkpoint)
     recorded = yaml.safe_load((Path(run_folder) / "encoder.yaml").read_text())
@@ -154,14 +150,14 @@ def tiny_pretrained(folder, mixer="summarymixing"):
     without training anything."""
     from speechbrain.processing.features import InputNormalization
 
-    from lobes.encoder import build_encoder
+    from lobes.config import encoder_from_definition
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     overrides = {"num_layers": 1, "d_model": 32, "d_ffn": 64, "kernel_size": 3}
     if mixer == "summarymixing":
         overrides["mixer_kwargs"] = {"local_proj_hid_dim": [16], "local_proj_out_dim": 16, "summary_hid_dim": [16]}
-    torch.save(build_encoder(mixer, overrides=overrides).state_dict(), folder / "encoder.ckpt")
+    torch.save(encoder_from_definition(mixer, overrides=overrides).state_dict(), folder / "encoder.ckpt")
     norm = InputNormalization()
     norm(torch.randn(2, 20, 80), torch.ones(2))
     norm._save(folder / "normalizer.ckpt")

@@ -17,7 +17,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
-MIXERS=${MIXERS:-mhsa hypermixing fastformer summarymixing mamba}
+MIXERS=${MIXERS:-$("$PY" -c "from lobes.nnet.mixers import mixer_names; print(' '.join(mixer_names(paper=True)))")}
 EPOCHS=${EPOCHS:-6}
 PROBE_TASKS=${PROBE_TASKS:-asr voxceleb}
 RESULTS=$(realpath -m "${RESULTS:-$ROOT/results/compare}")  # the recipes run from their folders

@@ -12,31 +12,45 @@ checkpoint.
 
 import argparse
 
-# Mixer-specific sizes of the demo encoder (the paper's ratios, ~1/6 width).
-DEMO_MIXER_KWARGS = {
-    "summarymixing": "{local_proj_hid_dim: [88], local_proj_out_dim: 88, summary_hid_dim: [176]}",
-    "hypermixing": "{hypernet_size: 256}",
-    "mamba": "{d_state: 8, d_conv: 4, expand: 2}",
-}
-DEMO_WIDTH = {
-    "mhsa": 96,
-    "mhsa_sdpa": 96,
-    "hypermixing": 112,
-    "fastformer": 104,
-    "summarymixing": 88,
-    "mamba": 80,
-}
+from lobes.nnet.mixers import MIXERS, check_mixer_name
+
+def _flow(value):
+    """``value`` in YAML flow style, as a command-line override takes it."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return str(value)
 
 
 def demo_encoder_override(mixer, layers=3):
     """The ``--encoder_overrides={...}`` override of the demo-size encoder
-    (same mixer and code as the paper's, smaller)."""
-    nhead = 1 if mixer in ("summarymixing", "mamba") else 4
-    return (
-        f"--encoder_overrides={{num_layers: {layers}, d_model: {DEMO_WIDTH[mixer]}, "
-        f"d_ffn: 256, kernel_size: 15, dropout: 0.0, layerdrop_prob: 0.0, "
-        f"nhead: {nhead}, mixer_kwargs: {DEMO_MIXER_KWARGS.get(mixer, '{}')}}}"
-    )
+    (same mixer and code as the paper's, smaller): the ``demo`` sizes of the
+    mixer's registry entry (``lobes.nnet.mixers.MIXERS``).
+
+    Example
+    -------
+    >>> demo_encoder_override("fastformer", layers=2)
+    '--encoder_overrides={num_layers: 2, d_model: 104, d_ffn: 256, kernel_size: 15, dropout: 0.0, layerdrop_prob: 0.0, nhead: 4, mixer_kwargs: {}}'
+    """
+    check_mixer_name(mixer)
+    demo = MIXERS[mixer].demo
+    if "d_model" not in demo:
+        raise ValueError(
+            f"Mixer {mixer!r} has no demo size: set `demo` in its MixerSpec "
+            "(lobes/nnet/mixers/__init__.py)."
+        )
+    overrides = {
+        "num_layers": layers,
+        "d_model": demo["d_model"],
+        "d_ffn": 256,
+        "kernel_size": 15,
+        "dropout": 0.0,
+        "layerdrop_prob": 0.0,
+        "nhead": demo.get("nhead", 1),
+        "mixer_kwargs": demo.get("mixer_kwargs", {}),
+    }
+    return f"--encoder_overrides={_flow(overrides)}"
 
 
 # What the tests pretrain on (8.5 min) and what `make demo` does (~30 min: as

@@ -33,7 +33,7 @@ n}``
 With ``check_audio`` every file is decoded once, in parallel, so that a
 truncated or corrupt file stops the preparation (naming it) instead of the
 training; with ``skip_bad_audio`` such files are left out and counted
-instead (``lobes.dataio.scan_audio``; list in
+instead (``lobes.dataio.audio.scan_audio``; list in
 ``<save_folder>/bad_audio_iemocap.txt``).
 
 Authors
@@ -47,7 +47,7 @@ from pathlib import Path
 
 from speechbrain.utils.logger import get_logger
 
-from lobes.dataio import scan_audio
+from lobes.dataio.audio import scan_audio
 
 logger = get_logger(__name__)
 CLASSES = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang"}

@@ -33,9 +33,9 @@ import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
-from lobes.training import parse_arguments
-from lobes.dataio import load_audio
-from lobes.probing import ProbeBrain
+from lobes.recipe import parse_arguments
+from lobes.dataio.audio import load_audio
+from lobes.brains.probing import ProbeBrain
 from lobes.recipe import load_hparams, record_encoder
 
 logger = get_logger(__name__)

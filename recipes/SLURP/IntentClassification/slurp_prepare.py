@@ -35,7 +35,7 @@ audio/slurp_real.tar.gz -C audio``)::
 A corrupt recording stops the preparation with a message naming it. With
 ``check_audio`` every file is decoded once, in parallel, so that a truncated
 one is found now rather than during training; with ``skip_bad_audio`` such
-files are left out and counted instead (``lobes.dataio.scan_audio``; list in
+files are left out and counted instead (``lobes.dataio.audio.scan_audio``; list in
 ``<save_folder>/bad_audio_<split>.txt``).
 
 Authors
@@ -50,7 +50,7 @@ from pathlib import Path
 
 from speechbrain.utils.logger import get_logger
 
-from lobes.dataio import scan_audio
+from lobes.dataio.audio import scan_audio
 
 logger = get_logger(__name__)
 SPLITS = ("train", "devel", "test")
@@ -104,7 +104,7 @@ def prepare_slurp(
         ``data_folder``, a jsonl file or an audio file is missing.
     ValueError
         A jsonl line is not a SLURP entry.
-    lobes.dataio.BadAudioError
+    lobes.dataio.audio.BadAudioError
         Unreadable (corrupt, truncated) audio files, all named, unless
         ``skip_bad_audio``.
 
@@ -178,7 +178,7 @@ def split_rows(jsonl, audio_folder, num_workers=16, check_audio=False,
                skip_bad_audio=False, report_file=None):
     """CSV rows (lists in ``HEADER`` order) of the real recordings listed in
     ``jsonl``, whose files are in ``audio_folder`` (unusable files left out
-    with ``skip_bad_audio``; see ``lobes.dataio.scan_audio``)."""
+    with ``skip_bad_audio``; see ``lobes.dataio.audio.scan_audio``)."""
     entries = []
     with open(jsonl, encoding="utf-8") as fin:
         for number, line in enumerate(fin, 1):

@@ -33,9 +33,9 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 from speechbrain.utils.metric_stats import EER, minDCF
 
-from lobes.training import parse_arguments
-from lobes.dataio import load_audio, load_audio_crop
-from lobes.probing import ProbeBrain, checkpoint_to_test
+from lobes.recipe import parse_arguments
+from lobes.dataio.audio import load_audio, load_audio_crop
+from lobes.brains.probing import ProbeBrain, checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
 
 logger = get_logger(__name__)

@@ -30,7 +30,7 @@ sample rate. A preparation that already ran with the same options
 With ``check_audio`` every file is decoded once, in parallel, so that a
 truncated or corrupt file stops the preparation (naming it) instead of the
 training; with ``skip_bad_audio`` such files are left out and counted
-instead (``lobes.dataio.scan_audio``; list in
+instead (``lobes.dataio.audio.scan_audio``; list in
 ``<save_folder>/bad_audio_voxceleb.txt``), and so are the trials that use
 them.
 
@@ -47,7 +47,7 @@ from pathlib import Path
 import soundfile as sf
 from speechbrain.utils.logger import get_logger
 
-from lobes.dataio import scan_audio
+from lobes.dataio.audio import scan_audio
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
@@ -194,7 +194,7 @@ def prepare_voxceleb(
     ValueError
         A malformed trial list, no training speaker left, a training speaker
         without any chunk.
-    lobes.dataio.BadAudioError
+    lobes.dataio.audio.BadAudioError
         Unreadable (corrupt, truncated) audio files, all named, unless
         ``skip_bad_audio``.
 

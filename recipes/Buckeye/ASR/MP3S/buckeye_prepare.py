@@ -46,12 +46,12 @@ Writes ``<save_folder>/{train,dev,test}.csv`` with the columns
 ``ID, duration, wav, start, stop, spk_id, wrd``: ``ID`` is
 ``<track>_<n>`` (n-th kept utterance of the track), ``wav`` the absolute
 path of the track's WAV file, ``start``/``stop`` sample indices (stop
-exclusive, at the file's rate) that ``lobes.dataio.load_audio`` and
+exclusive, at the file's rate) that ``lobes.dataio.audio.load_audio`` and
 SpeechBrain's ``read_audio`` read as a segment, ``spk_id`` the speaker
 (``s01``).
 
 Each track's length and sample rate come from its WAV header, read once for
-all tracks by ``lobes.dataio.scan_audio``; a track at another rate or in
+all tracks by ``lobes.dataio.audio.scan_audio``; a track at another rate or in
 stereo keeps its real times. A corrupt track stops the preparation with a
 message naming it. With ``check_audio`` every track is decoded once, in
 parallel, so that a truncated one is found now rather than during training;
@@ -72,7 +72,7 @@ from pathlib import Path
 
 from speechbrain.utils.logger import get_logger
 
-from lobes.dataio import scan_audio
+from lobes.dataio.audio import scan_audio
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id", "wrd"]
@@ -142,7 +142,7 @@ def prepare_buckeye(
         ``.wav``, or a validation/test speaker missing.
     ValueError
         A ``.words`` file or zip that cannot be read (the message names it).
-    lobes.dataio.BadAudioError
+    lobes.dataio.audio.BadAudioError
         Unreadable (corrupt, truncated) tracks, all named, unless
         ``skip_bad_audio``.
 
@@ -371,7 +371,7 @@ def segment_words(entries, min_duration=2.0, min_words=3):
 
 def _track_rows(track, words_file, wav_file, info, min_duration, min_words):
     """CSV rows ``[ID, duration, wav, start, stop, spk_id, wrd]`` of one track
-    whose WAV file ``info`` (``lobes.dataio.AudioInfo``) describes."""
+    whose WAV file ``info`` (``lobes.dataio.audio.AudioInfo``) describes."""
     try:
         text = Path(words_file).read_text(encoding="utf-8", errors="replace")
     except OSError as err:

@@ -32,7 +32,7 @@ The clips are MP3 (48 kHz in Common Voice 11.0): they are read with
 soundfile, whose wheels (soundfile >= 0.12) bundle libsndfile >= 1.1, which
 decodes MP3; the recipe resamples them to 16 kHz when it reads them.
 
-The headers are read by ``lobes.dataio.scan_audio``. A corrupt clip stops
+The headers are read by ``lobes.dataio.audio.scan_audio``. A corrupt clip stops
 the preparation with a message naming it. With ``check_audio`` every clip is
 decoded once, in parallel, so that a truncated one is found now rather than
 during training; with ``skip_bad_audio`` such clips are left out and counted
@@ -52,7 +52,7 @@ from pathlib import Path
 import soundfile as sf
 from speechbrain.utils.logger import get_logger
 
-from lobes.dataio import scan_audio
+from lobes.dataio.audio import scan_audio
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
@@ -116,7 +116,7 @@ def prepare_common_voice(
         A TSV without the ``path``/``sentence``/``client_id`` columns or
         with a short line, a data folder of another language, or a
         soundfile that cannot read MP3.
-    lobes.dataio.BadAudioError
+    lobes.dataio.audio.BadAudioError
         Unreadable (corrupt, truncated) clips, all named, unless
         ``skip_bad_audio`` (a ``ValueError`` too).
 
@@ -257,7 +257,7 @@ def _split_rows(data_folder, split, accented_letters, num_workers, check_audio=F
                 skip_bad_audio=False, report_file=None):
     """CSV rows ``[ID, duration, wav, spk_id, wrd]`` of one split, TSV order
     (unusable clips left out with ``skip_bad_audio``; see
-    ``lobes.dataio.scan_audio``)."""
+    ``lobes.dataio.audio.scan_audio``)."""
     tsv = data_folder / f"{split}.tsv"
     entries = _read_tsv(tsv)
     clips = []

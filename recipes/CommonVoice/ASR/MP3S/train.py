@@ -18,7 +18,7 @@ and Basque: ``common_voice_prepare.py``). Adam (lr 2e-4) on the probe, Adam
 (lr 0.01) on the layer weights, NewBob annealing of both on the validation
 loss; training clips up to 10 s; validation WER with greedy decoding; the
 best checkpoint (lowest validation WER) is tested with greedy decoding and
-CTC beam search. The probe itself is ``lobes.asr_probe`` (shared with the
+CTC beam search. The probe itself is ``lobes.brains.ctc`` (shared with the
 Buckeye recipe). WER details go to ``<output_folder>/wer_test_{greedy,beam}.txt``.
 
 To run this recipe::
@@ -37,16 +37,13 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from lobes.asr_probe import (
-    build_probe,
-    check_lm_decoding,
-    load_datasets,
-    subword_tokenizer,
-)
-from lobes.dataio import load_audio
-from lobes.probing import checkpoint_to_test
+from lobes.brains.ctc import build_probe
+from lobes.brains.lm_decoding import check_lm_decoding
+from lobes.dataio.asr import load_datasets, subword_tokenizer
+from lobes.dataio.audio import load_audio
+from lobes.brains.probing import checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
-from lobes.training import parse_arguments
+from lobes.recipe import parse_arguments
 
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
 REQUIRED_KEYS = ("pretrained_path", "weighted_ssl", "language", "output_neurons")
@@ -105,7 +102,7 @@ if __name__ == "__main__":
         },
     )
     train_data, valid_data, test_datasets, tokenizer = dataio_prepare(hparams)
-    asr_brain = build_probe(hparams, run_opts, tokenizer)  # lobes.asr_probe.CTCProbe
+    asr_brain = build_probe(hparams, run_opts, tokenizer)  # lobes.brains.ctc.CTCProbe
     asr_brain.fit(
         asr_brain.hparams.epoch_counter,
         train_data,

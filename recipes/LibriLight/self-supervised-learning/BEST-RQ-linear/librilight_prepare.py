@@ -35,11 +35,11 @@ file (a warning says how many files this happened to).
 Audio check: with ``check_audio`` every long file is decoded once, in
 parallel, so that a truncated or corrupt file stops the preparation (naming
 it) instead of the training; with ``skip_bad_audio`` such files are left out
-and counted instead (``lobes.dataio.scan_audio``; their list is written to
+and counted instead (``lobes.dataio.audio.scan_audio``; their list is written to
 ``<save_folder>/bad_audio_librilight_<split>.txt``).
 
 Validation: the LibriLight recipe validates on LibriSpeech ``dev-clean``,
-prepared by ``lobes.librispeech_prepare`` (LibriLight has no dev split of its
+prepared by ``lobes.dataio.librispeech_prepare`` (LibriLight has no dev split of its
 own; its speakers exclude LibriSpeech's dev/test speakers).
 
 Authors
@@ -55,7 +55,7 @@ from pathlib import Path
 
 from speechbrain.utils.logger import get_logger
 
-from lobes.dataio import scan_audio
+from lobes.dataio.audio import scan_audio
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
@@ -119,7 +119,7 @@ def prepare_librilight(
     ValueError
         Bad durations, a split without FLAC files, an unreadable JSON file
         (the message names the file).
-    lobes.dataio.BadAudioError
+    lobes.dataio.audio.BadAudioError
         Unreadable (corrupt, truncated) audio files, all named, unless
         ``skip_bad_audio``.
 
@@ -293,7 +293,7 @@ def _list_flacs(data_folder, split):
 
 
 def _segment_file(flac, info, split_dir, split, max_len, min_len):
-    """CSV rows of one long file (``info``: its ``lobes.dataio.AudioInfo``);
+    """CSV rows of one long file (``info``: its ``lobes.dataio.audio.AudioInfo``);
     also (used fallback, dropped count, seconds)."""
     sr, frames = info.sample_rate, info.frames
     duration = frames / sr

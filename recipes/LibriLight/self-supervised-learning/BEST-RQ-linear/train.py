@@ -21,10 +21,11 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from lobes.training import parse_arguments
-from lobes.pretraining import BestRQBrain, dataio_prepare
-from lobes.export import export_encoder
-from lobes.plot_run import plot_run
+from lobes.recipe import parse_arguments
+from lobes.brains.pretraining import BestRQBrain
+from lobes.dataio.pretraining import dataio_prepare
+from lobes.deploy.export import export_encoder
+from lobes.utils.plot_run import plot_run
 from lobes.recipe import load_hparams, record_encoder
 
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
@@ -43,7 +44,7 @@ if __name__ == "__main__":
     record_encoder(hparams)
 
     from librilight_prepare import prepare_librilight  # noqa: E402
-    from lobes.librispeech_prepare import prepare_librispeech
+    from lobes.dataio.librispeech_prepare import prepare_librispeech
 
     run_on_main(
         prepare_librilight,
@@ -87,7 +88,7 @@ if __name__ == "__main__":
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
 
-    # The encoder folder for lobes.inference.BestRQEncoder and the MP3S probes
+    # The encoder folder for lobes.deploy.inference.BestRQEncoder and the MP3S probes
     run_on_main(
         export_encoder,
         kwargs={

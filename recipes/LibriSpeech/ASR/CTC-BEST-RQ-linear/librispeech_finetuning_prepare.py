@@ -24,9 +24,9 @@ in LibriSpeech's own layout below each fold. The sets are
 * ``10h``: the six folds of ``1h`` and ``9h``.
 
 Validation and test use LibriSpeech's dev and test splits
-(``lobes.librispeech_prepare``). The CSV has the columns of the LibriSpeech
+(``lobes.dataio.librispeech_prepare``). The CSV has the columns of the LibriSpeech
 CSVs (``ID, duration, wav, spk_id, wrd``), read by the same code
-(``lobes.librispeech_prepare``): the same checks of audio and transcripts.
+(``lobes.dataio.librispeech_prepare``): the same checks of audio and transcripts.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -38,7 +38,7 @@ from pathlib import Path
 
 from speechbrain.utils.logger import get_logger
 
-from lobes.librispeech_prepare import _split_rows, _write_csv
+from lobes.dataio.librispeech_prepare import _split_rows, _write_csv
 
 logger = get_logger(__name__)
 FOLDS = [f"1h/{k}" for k in range(6)]
@@ -74,7 +74,7 @@ def prepare_librilight_finetuning(
     num_workers : int
         Threads reading the audio headers.
     check_audio : bool
-        Decode every file once (``lobes.dataio.scan_audio``): a truncated or
+        Decode every file once (``lobes.dataio.audio.scan_audio``): a truncated or
         corrupt file stops the preparation, named, not the training later.
     skip_bad_audio : bool
         Leave such files out instead (counted in the log, listed in

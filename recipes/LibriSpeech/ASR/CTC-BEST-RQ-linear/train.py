@@ -21,7 +21,7 @@ DNN head and a CTC output layer, as SpeechBrain's
   training transcripts (``token_type: bpe``);
 * greedy decoding for the validation WER; the best checkpoint (lowest dev
   WER) tested with greedy decoding and CTC beam search, with a KenLM n-gram
-  when ``kenlm_model_path`` names one (``lobes.asr_probe.make_lm_searcher``,
+  when ``kenlm_model_path`` names one (``lobes.brains.lm_decoding.make_lm_searcher``,
   shared with the MP3S probes); WER files per test set.
 
 Training sets: ``hparams/train_clean_100.yaml`` (train-clean-100, the
@@ -48,21 +48,20 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from lobes.asr_probe import (
-    CTCDecoding,
-    add_output_layer,
+from lobes.brains.ctc import CTCDecoding, add_output_layer
+from lobes.dataio.asr import (
     char_tokenizer,
-    check_lm_decoding,
     load_datasets,
-    make_lm_searcher,
     subword_tokenizer,
     vocabulary,
 )
-from lobes.dataio import load_audio
-from lobes.finetuning import FineTuneBrain, initialise_encoder, train_loader_kwargs
-from lobes.probing import checkpoint_to_test
+from lobes.brains.lm_decoding import check_lm_decoding, make_lm_searcher
+from lobes.dataio.audio import load_audio
+from lobes.brains.finetuning import FineTuneBrain, initialise_encoder
+from lobes.dataio.batching import train_loader_kwargs
+from lobes.brains.probing import checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
-from lobes.training import parse_arguments
+from lobes.recipe import parse_arguments
 
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
 REQUIRED_KEYS = ("pretrained_path", "ft_encoder", "encoder_opt_class", "freeze_encoder_steps",
@@ -126,7 +125,7 @@ def prepare_data(hparams):
     """Writes the CSVs: LibriSpeech's dev and test splits and the training
     set, LibriSpeech ``train_splits`` merged, or the Libri-light set
     ``librilight_subset`` of ``librilight_folder``."""
-    from lobes.librispeech_prepare import prepare_from_hparams
+    from lobes.dataio.librispeech_prepare import prepare_from_hparams
 
     librilight = hparams["librilight_subset"] is not None
     if librilight and hparams["train_splits"]:

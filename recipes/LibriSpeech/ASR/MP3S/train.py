@@ -24,7 +24,7 @@ start-up, and their absence refused with the command that installs them).
 WER details go to ``<output_folder>/wer_<test set>_{greedy,beam,beam_lm}.txt``.
 Run again with the same output folder, a trained probe is only tested:
 that is how the LM rows are decoded after training. The probe, its
-decoding and its metrics are ``lobes.asr_probe`` (shared with the Buckeye
+decoding and its metrics are ``lobes.brains.ctc`` (shared with the Buckeye
 and CommonVoice recipes).
 
 To run this recipe::
@@ -42,11 +42,13 @@ import sys
 
 import speechbrain as sb
 
-from lobes.asr_probe import build_probe, char_tokenizer, check_lm_decoding, load_datasets
-from lobes.dataio import load_audio
-from lobes.probing import checkpoint_to_test
+from lobes.brains.ctc import build_probe
+from lobes.dataio.asr import char_tokenizer, load_datasets
+from lobes.brains.lm_decoding import check_lm_decoding
+from lobes.dataio.audio import load_audio
+from lobes.brains.probing import checkpoint_to_test
 from lobes.recipe import load_hparams, record_encoder
-from lobes.training import parse_arguments
+from lobes.recipe import parse_arguments
 
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
 REQUIRED_KEYS = ("pretrained_path", "weighted_ssl", "train_splits", "test_splits", "output_neurons", "ctc_lin")
@@ -90,11 +92,11 @@ if __name__ == "__main__":
     )
     record_encoder(hparams)
 
-    from lobes.librispeech_prepare import prepare_from_hparams
+    from lobes.dataio.librispeech_prepare import prepare_from_hparams
 
     prepare_from_hparams(hparams)
     train_data, valid_data, test_datasets, label_encoder = dataio_prepare(hparams)
-    asr_brain = build_probe(hparams, run_opts, label_encoder)  # lobes.asr_probe.CTCProbe
+    asr_brain = build_probe(hparams, run_opts, label_encoder)  # lobes.brains.ctc.CTCProbe
     asr_brain.fit(
         asr_brain.hparams.epoch_counter,
         train_data,

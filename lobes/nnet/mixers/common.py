@@ -1,0 +1,150 @@
+"""What every token mixer shares: padding helpers, pooling, positions.
+
+The mixer interface (``lobes.nnet.mixers``) passes a ``pad_mask`` (B, T) that is
+True on padded frames. These helpers keep padding out of the computations
+that cross frames (means and softmax poolings over time) and zero it in the
+outputs; ``sinusoidal_positions`` gives the absolute positions used by the
+encoder and inside HyperMixing, for any length.
+
+Authors
+ * BEST-RQ linear-mixers contributors 2026
+"""
+
+import math
+
+import torch
+
+
+def zero_padded(x, pad_mask):
+    """Returns ``x`` with the frames flagged in ``pad_mask`` set to zero.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        (B, T, D) frames.
+    pad_mask : torch.Tensor or None
+        (B, T) bool, True on padded frames. ``None`` returns ``x`` unchanged.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, T, D), zero where ``pad_mask`` is True.
+
+    Example
+    -------
+    >>> x = torch.ones(1, 3, 2)
+    >>> zero_padded(x, torch.tensor([[False, False, True]]))[0, :, 0]
+    tensor([1., 1., 0.])
+    """
+    if pad_mask is None:
+        return x
+    return x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+
+
+def masked_mean(x, pad_mask=None):
+    """Mean over time of the valid frames of ``x`` (B, T, D) -> (B, 1, D).
+
+    Accumulated in float32 (a sum over thousands of fp16 frames could
+    overflow) and returned in the dtype of ``x``. An utterance without any
+    valid frame gives zeros.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        (B, T, D) frames.
+    pad_mask : torch.Tensor, optional
+        (B, T) bool, True on padded frames.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, 1, D) means.
+
+    Example
+    -------
+    >>> x = torch.tensor([[[1.0], [3.0], [100.0]]])
+    >>> masked_mean(x, torch.tensor([[False, False, True]]))
+    tensor([[[2.]]])
+    """
+    xf = x.float()
+    if pad_mask is None:
+        return xf.mean(dim=1, keepdim=True).to(x.dtype)
+    valid = (~pad_mask).unsqueeze(-1).float()
+    total = (xf * valid).sum(dim=1, keepdim=True)
+    return (total / valid.sum(dim=1, keepdim=True).clamp(min=1)).to(x.dtype)
+
+
+def masked_softmax_pool(scores, values, pad_mask=None):
+    """Pools ``values`` over time with the softmax over time of ``scores``.
+
+    The softmax is computed in float32 (safe under fp16/bf16 autocast).
+    Padded frames are filled with the most negative float32 before the softmax
+    and their weight is then set to exactly zero, so an utterance made only of
+    padding pools to zeros instead of NaN.
+
+    Arguments
+    ---------
+    scores : torch.Tensor
+        (B, T, H) one score per frame and head.
+    values : torch.Tensor
+        (B, T, H, d) the vectors to pool.
+    pad_mask : torch.Tensor, optional
+        (B, T) bool, True on padded frames (weight 0).
+
+    Returns
+    -------
+    torch.Tensor
+        (B, 1, H, d) pooled vectors.
+
+    Example
+    -------
+    >>> scores = torch.zeros(1, 3, 1)
+    >>> values = torch.tensor([[[[1.0]], [[3.0]], [[50.0]]]])
+    >>> masked_softmax_pool(scores, values, torch.tensor([[False, False, True]]))
+    tensor([[[[2.]]]])
+    """
+    scores = scores.float()
+    if pad_mask is not None:
+        padded = pad_mask.unsqueeze(-1)
+        scores = scores.masked_fill(padded, torch.finfo(torch.float32).min)
+        weights = torch.softmax(scores, dim=1).masked_fill(padded, 0.0)
+    else:
+        weights = torch.softmax(scores, dim=1)
+    weights = weights.to(values.dtype)
+    return torch.einsum("bth,bthd->bhd", weights, values).unsqueeze(1)
+
+
+def sinusoidal_positions(length, d_model, device=None, dtype=None):
+    """The Transformer's sine/cosine positions (Vaswani et al., 2017).
+
+    ``pe[t, 2i] = sin(t / 10000^(2i/d))`` and ``pe[t, 2i+1] = cos(...)``,
+    computed on the fly (no maximum length).
+
+    Arguments
+    ---------
+    length : int
+        Number of positions T.
+    d_model : int
+        Feature size D.
+    device, dtype : optional
+        Of the returned tensor.
+
+    Returns
+    -------
+    torch.Tensor
+        (1, T, D).
+
+    Example
+    -------
+    >>> sinusoidal_positions(3, 4)[0, 0]
+    tensor([0., 1., 0., 1.])
+    """
+    pos = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(1)
+    inv_freq = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32, device=device)
+        * (-math.log(10000.0) / d_model)
+    )
+    pe = torch.zeros(length, d_model, device=device)
+    pe[:, 0::2] = torch.sin(pos * inv_freq)
+    pe[:, 1::2] = torch.cos(pos * inv_freq)[:, : d_model // 2]
+    return pe.unsqueeze(0).to(dtype or torch.float32)

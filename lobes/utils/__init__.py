@@ -1,0 +1,1 @@
+"""Checkpointing (atomic saves, random state) and training-run curves."""

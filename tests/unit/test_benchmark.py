@@ -1,0 +1,281 @@
+"""The efficiency benchmark's logic, on tiny models (nothing here is timed:
+times only need to exist; their values are never asserted)."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import load_script
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+TINY = ["--size", "tiny", "--batch", "1", "--repeats", "2", "--warmup", "0",
+        "--device", "cpu", "--inprocess", "--threads", "1", "--vocab", "64"]
+
+
+@pytest.fixture(scope="module")
+def efficiency():
+    return load_script(BENCH / "efficiency.py", "efficiency")
+
+
+@pytest.fixture(scope="module")
+def default_run(efficiency, tmp_path_factory):
+    """One tiny default-protocol run with both references, shared by tests."""
+    out = tmp_path_factory.mktemp("tiny")
+    efficiency.main([
+        "--mixers", "speechbrain_relposmhaxl,floor,mhsa,mamba",
+        "--lengths", "1,2", *TINY, "--precisions", "fp32,bf16", "--out", str(out),
+    ])
+    with open(out / "forward.csv") as f:
+        rows = list(csv.DictReader(f))
+    return out, rows
+
+
+def test_main_writes_csv_markdown_ratios_floor_and_reference(efficiency, default_run):
+    out, rows = default_run
+    assert set(efficiency.CSV_FIELDS) <= set(rows[0])
+    models = {"speechbrain_relposmhaxl", "floor", "mhsa", "mamba"}
+    assert {(r["mixer"], r["precision"], float(r["seconds"])) for r in rows} == {
+        (m, p, s) for m in models for p in ("fp32", "bf16") for s in (1.0, 2.0)
+    }
+    for r in rows:
+        assert r["status"] == "ok" and r["protocol"] == "default" and r["mode"] == "forward"
+        assert int(r["frames"]) == round(float(r["seconds"]) * 100)
+        t_min, t_med = float(r["time_min_s"]), float(r["time_median_s"])
+        assert 0 < t_min <= t_med <= float(r["time_q3_s"])
+        assert float(r["time_q1_s"]) >= t_min
+        assert not math.isnan(float(r["mem_peak_mb"]))
+        assert float(r["gflop"]) > 0
+        assert float(r["gflops_per_s"]) == pytest.approx(float(r["gflop"]) / t_min, rel=1e-3)
+        assert float(r["cpu_min_s"]) > 0
+        for base in ("mhsa", "speechbrain_relposmhaxl"):
+            assert not math.isnan(float(r[f"time_ratio_{base}"]))
+            if r["mixer"] == base:
+                assert float(r[f"time_ratio_{base}"]) == 1.0
+                assert float(r[f"mem_ratio_{base}"]) == 1.0
+        if r["mixer"] == "floor":
+            assert float(r["throughput_ratio_floor"]) == 1.0
+        if r["precision"] == "bf16":
+            assert not math.isnan(float(r["time_ratio_fp32"]))
+    md = (out / "forward.md").read_text()
+    for label in ("| speechbrain_relposmhaxl |", "| floor |", "| mhsa bf16 |", "| mamba |"):
+        assert label in md
+    assert "throughput" in md and "IQR" in md
+
+
+def test_work_is_counted_with_attention_and_scan(efficiency, default_run):
+    """mhsa's GFLOP exceed the floor's (attention is counted, the fused CPU
+    kernel included) and grow faster than the input; the floor's grow with
+    it; mamba adds its analytic scan work."""
+    _, rows = default_run
+    g = {(r["mixer"], float(r["seconds"])): float(r["gflop"]) for r in rows if r["precision"] == "fp32"}
+    assert g["mhsa", 2.0] > g["floor", 2.0]
+    assert g["floor", 2.0] / g["floor", 1.0] == pytest.approx(2.0, rel=0.05)
+    assert g["mhsa", 2.0] - g["floor", 2.0] > 2 * (g["mhsa", 1.0] - g["floor", 1.0])
+    model, info = efficiency.build_model("mamba", "tiny", vocab=64)
+    d_inner = 2 * info["d_model"]  # expand 2
+    assert efficiency.scan_flops(model, 1, 50) == 5 * 50 * 2 * 2 * d_inner * 16  # 2 layers x 2 blocks
+
+
+def test_count_flops_includes_cpu_fused_attention(efficiency):
+    q = torch.randn(1, 2, 16, 4)
+    flops = efficiency.count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q))
+    assert flops == 2 * (2 * 2 * 16 * 16 * 4)
+    lin = torch.nn.Linear(8, 3)
+    assert efficiency.count_flops(lambda: lin(torch.randn(5, 8))) == 2 * 5 * 8 * 3
+
+
+def test_floor_is_the_mhsa_encoder_without_its_mixers(efficiency):
+    floor, info = efficiency.build_model("floor", "tiny", vocab=64)
+    mhsa, mhsa_info = efficiency.build_model("mhsa", "tiny", vocab=64)
+    assert all(isinstance(layer.mixer, efficiency.IdentityMixer) for layer in floor.encoder.layers)
+    mixer_params = sum(p.numel() for layer in mhsa.encoder.layers for p in layer.mixer.parameters())
+    assert info["d_model"] == mhsa_info["d_model"]
+    assert round((mhsa_info["params_m"] - info["params_m"]) * 1e6) == mixer_params
+    x = torch.randn(2, 9, info["d_model"])
+    pad = torch.tensor([[False] * 9, [False] * 5 + [True] * 4])
+    out = floor.encoder.layers[0].mixer(x, pad)
+    assert torch.equal(out[0], x[0]) and out[1, 5:].abs().sum() == 0
+    with torch.no_grad():
+        assert floor.eval()(torch.randn(1, 40, 80)).shape == (1, 10, 64)
+
+
+def test_speechbrain_reference_is_speechbrains_recipe_encoder(efficiency):
+    cfg = efficiency.model_config("speechbrain_relposmhaxl", "paper")
+    assert (cfg["d_model"], cfg["nhead"], cfg["num_layers"], cfg["d_ffn"]) == (576, 8, 12, 2048)
+    assert cfg["frontend_channels"] == (128, 32)
+    from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
+    from speechbrain.nnet.attention import RelPosMHAXL
+
+    model, info = efficiency.build_model("speechbrain_relposmhaxl", "tiny", vocab=64)
+    assert isinstance(model.transformer, TransformerASR)
+    layers = model.transformer.encoder.layers
+    assert len(layers) == info["num_layers"] == 2
+    assert all(isinstance(layer.mha_layer, RelPosMHAXL) for layer in layers)
+    feats = torch.randn(2, 41, 80)
+    model.eval()
+    with torch.no_grad():
+        out = model(feats)
+        ref = model.head(model.transformer.encode(model.cnn(feats)))
+    assert torch.equal(out, ref)
+    assert out.shape[1] == model.output_lengths(torch.tensor(41)).item() == 11
+
+
+def test_runs_are_interleaved_round_robin_and_warmup_dropped(efficiency, monkeypatch):
+    calls = []
+
+    class FakePoint:
+        def __init__(self, spec):
+            self.spec, self.info = spec, {"params_m": 1.0, "d_model": 8}
+            self.n = 0
+
+        def call(self, command, arg=None):
+            if command == "run":
+                calls.append(self.spec["mixer"])
+                self.n += 1
+                t = {"a": 1.0, "b": 2.0, "c": 3.0}[self.spec["mixer"]] * self.n
+                return [t, 10.0, 20.0, 30.0, t, t]
+            return 1e9 if command == "flops" else {}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(efficiency, "_InProcess", FakePoint)
+    specs = [{"mixer": m, "seconds": 1.0} for m in "abc"]
+    rows = efficiency.measure_interleaved(specs, warmup=1, repeats=5, inprocess=True)
+    assert calls[:3] == ["a", "b", "c"] and calls[3:6] == ["b", "c", "a"]
+    assert calls[6:9] == ["c", "a", "b"] and len(calls) == 18
+    a = rows[0]
+    assert a["times_s"] == [2.0, 3.0, 4.0, 5.0, 6.0]  # the warm-up run (1.0) dropped
+    assert (a["time_min_s"], a["time_median_s"], a["time_q1_s"], a["time_q3_s"]) == (2.0, 4.0, 3.0, 5.0)
+    assert a["gflop"] == 1.0 and a["gflops_per_s"] == 0.5
+
+
+def test_ratios_growth_and_checks_use_the_minima(efficiency):
+    def row(mixer, seconds, t, mem=100.0, gflop=10.0, precision="fp32"):
+        return {
+            "mode": "forward", "mixer": mixer, "seconds": seconds, "precision": precision,
+            "time_min_s": t, "time_median_s": 2 * t, "mem_peak_mb": mem, "gflop": gflop,
+            "gflops_per_s": gflop / t, "status": "ok",
+        }
+
+    rows = [
+        row("speechbrain_relposmhaxl", 20.0, 1.0), row("speechbrain_relposmhaxl", 80.0, 8.0, 800.0),
+        row("floor", 80.0, 2.0, 200.0, 40.0), row("mhsa", 20.0, 0.5), row("mhsa", 80.0, 4.0, 400.0),
+        row("fastformer", 20.0, 0.4), row("fastformer", 80.0, 1.6, 150.0, 24.0),
+        row("fastformer", 80.0, 0.8, 150.0, 24.0, precision="bf16"),
+    ]
+    efficiency.add_ratios(rows)
+    ff80 = rows[6]
+    assert ff80["time_ratio_speechbrain_relposmhaxl"] == 0.2
+    assert ff80["mem_ratio_mhsa"] == 150.0 / 400.0
+    assert ff80["throughput_ratio_floor"] == pytest.approx(15.0 / 20.0)
+    assert rows[7]["time_ratio_fp32"] == 0.5
+    assert efficiency.growth(rows, "forward", "fastformer")[0] == 4.0
+    assert efficiency.growth(rows, "forward", "mhsa")[0] == 8.0
+    text = efficiency.format_tables(rows, "forward", "header")
+    assert "fastformer bf16" in text
+    assert "fastformer: time x0.40 (faster), memory x0.38 (lighter), time 80s/20s 4.00x (about linear): PASS" in text
+
+
+def test_paper_protocol_measures_the_whole_step_with_weights(efficiency, tmp_path):
+    args = efficiency.parse_args(["--protocol", "paper"])
+    assert (args.batch, args.lengths, args.repeats) == (6, "10,20,30,40,50,60,70,80", 10)
+    assert args.precisions == ("fp16" if torch.cuda.is_available() else "fp32")
+    # In subprocesses: the memory "with the weights" is measured from the
+    # RSS of a fresh process before the model is built.
+    subprocess_opts = [o for o in TINY if o != "--inprocess"]
+    rows = efficiency.main([
+        "--protocol", "paper", "--mixers", "summarymixing", "--lengths", "1,2",
+        "--interleave", "all", *subprocess_opts, "--out", str(tmp_path),
+    ])
+    assert {r["mode"] for r in rows} == {"paper"}
+    for r in rows:
+        assert r["status"] == "ok"
+        # the step (fbank, quantiser, loss) is longer than its timed part
+        assert r["step_time_min_s"] > r["time_min_s"] > 0
+        # memory includes the weights: at least the parameters' bytes
+        assert r["mem_with_weights_mb"] > r["params_m"] * 4
+    md = (tmp_path / "paper.md").read_text()
+    assert "including the weights" in md and "no backward" in md
+    with open(tmp_path / "paper.csv") as f:
+        assert {row["protocol"] for row in csv.DictReader(f)} == {"paper"}
+
+
+def test_paper_step_builds_the_graph_in_train_mode(efficiency):
+    point = efficiency.Point("fastformer", 1.0, protocol="paper", batch=2, size="tiny",
+                             vocab=64, threads=1)
+    assert point.model.training
+    seen = {}
+    handle = point.model.head.register_forward_hook(
+        lambda m, i, o: seen.update(grad=o.requires_grad, enabled=torch.is_grad_enabled())
+    )
+    point.run()
+    handle.remove()
+    assert seen == {"grad": True, "enabled": True}
+
+
+def test_compile_reports_its_time_and_difference(efficiency, monkeypatch):
+    """The compile path, with torch.compile replaced by the identity (a real
+    compilation takes minutes on CPU; the benchmark measures it)."""
+    monkeypatch.setattr(efficiency, "maybe_compile", lambda model, enabled=True, **kw: model)
+    r = efficiency.measure_point(mixer="fastformer", seconds=1.0, batch=1, size="tiny",
+                                 vocab=64, threads=1, compile=True, repeats=1, warmup=0)
+    assert r["compile"] and r["compile_max_abs_diff"] == 0.0 and r["compile_s"] > 0
+
+
+def test_subprocess_point_measures_memory(efficiency):
+    point = dict(
+        mixer="fastformer", seconds=1.0, mode="train", batch=1, size="tiny",
+        device="cpu", repeats=5, warmup=0, vocab=64, threads=1,
+    )
+    r = efficiency.run_subprocess_point(point, timeout=120)
+    assert r["status"] == "ok", r
+    assert r["time_mean_s"] > 0 and r["mem_peak_mb"] > 0 and r["gflop"] > 0
+    times = sorted(r["times_s"])
+    assert len(times) == 5 and r["time_median_s"] == times[2] and r["time_min_s"] == times[0]
+    assert r["d_model"] == 40 and r["num_layers"] == 2
+
+
+def test_small_size_keeps_width_ratios(efficiency):
+    widths = {
+        m: efficiency.model_config(m, "small")["d_model"]
+        for m in ("mhsa", "hypermixing", "fastformer", "summarymixing", "mamba", "floor")
+    }
+    assert widths == {
+        "mhsa": 144, "hypermixing": 168, "fastformer": 152,
+        "summarymixing": 134, "mamba": 120, "floor": 144,
+    }
+
+
+def test_vs_speechbrain_table_and_criteria():
+    vs = load_script(BENCH / "vs_speechbrain.py", "vs_speechbrain")
+    eff = vs.eff
+
+    def row(mixer, seconds, t, rss, gflops=None):
+        return {
+            "mode": "forward", "mixer": mixer, "seconds": seconds, "precision": "fp32",
+            "time_min_s": t, "time_median_s": t, "cpu_min_s": 2 * t,
+            "mem_peak_mb": rss, "mem_total_mb": rss,
+            "gflop": (gflops or 0) * t, "gflops_per_s": gflops or float("nan"), "status": "ok",
+        }
+
+    rows = [
+        row(eff.SPEECHBRAIN_REF, 20.0, 0.7, 900), row(eff.SPEECHBRAIN_REF, 80.0, 6.6, 3000),
+        row("floor", 20.0, 0.3, 400), row("floor", 80.0, 1.5, 1000, 160),
+        row("mhsa", 20.0, 0.5, 500), row("mhsa", 80.0, 5.0, 1500, 100),
+        row("summarymixing", 20.0, 0.45, 400), row("summarymixing", 80.0, 2.0, 1200, 150),
+        row("mamba", 20.0, 0.6, 400), row("mamba", 80.0, 2.8, 1300, 140),
+    ]
+    eff.add_ratios(rows)
+    table = vs.comparison_table(rows)
+    assert table[0].startswith("| encoder | 20 s | 80 s | 80 s vs SpeechBrain")
+    mhsa = next(line for line in table if line.startswith("| mhsa |"))
+    assert "| 1.32× | 1.32× | 10.0× | 0.50 |" in mhsa
+    criteria = "\n".join(vs.done_when(rows))
+    assert "FAIL: mhsa ≥ 1.2× SpeechBrain's speed at 80 s (1.32×)" not in criteria
+    assert "PASS: mhsa ≥ 1.2× SpeechBrain's speed at 80 s (1.32×)" in criteria
+    assert "PASS: mamba ≤ 1.5× summarymixing's time at 80 s (1.40×)" in criteria
+    assert "FAIL: mamba no slower than mhsa at 20 s (1.20×)" in criteria
+    assert "FAIL: summarymixing peak memory ≤ 0.45 of SpeechBrain's at 80 s (0.40)" not in criteria
