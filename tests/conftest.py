@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lobes.nnet.mixers import MIXERS, mixer_names
+from lobes.utils.speechbrain_private import save_normalizer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -160,5 +161,5 @@ def tiny_pretrained(folder, mixer="summarymixing"):
     torch.save(encoder_from_definition(mixer, overrides=overrides).state_dict(), folder / "encoder.ckpt")
     norm = InputNormalization()
     norm(torch.randn(2, 20, 80), torch.ones(2))
-    norm._save(folder / "normalizer.ckpt")
+    save_normalizer(norm, folder / "normalizer.ckpt")
     return folder

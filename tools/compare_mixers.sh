@@ -10,8 +10,8 @@
 # the probe scores, one row per mixer; also written to
 # $RESULTS/compare_table.md.
 #
-# CPU; about 10 minutes per mixer with the defaults (Mamba's PyTorch scan
-# takes longer). MIXERS="summarymixing fastformer" runs some only; EPOCHS the
+# CPU; about 3 minutes per mixer with the defaults (15 min 19 s for the
+# five on 2 cores; the recipe README's table). MIXERS="summarymixing fastformer" runs some only; EPOCHS the
 # shared budget (6); PROBE_TASKS the probes (asr voxceleb; any of
 # run_probes.sh's TASKS); RESULTS the output folder; PY another Python.
 set -euo pipefail

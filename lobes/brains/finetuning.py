@@ -38,6 +38,7 @@ from lobes.brains.mixins import CPUDistributedMixin, EpochSeededBatchesMixin, un
 from lobes.brains.probing import anneal_learning_rates
 from lobes.deploy.loading import load_pretrained, resolve_checkpoint
 from lobes.nnet.bestrq import compute_span_mask
+from lobes.utils.speechbrain_private import load_normalizer
 
 logger = get_logger(__name__)
 
@@ -147,7 +148,7 @@ def initialise_encoder(pretrained_path, encoder, normalizer, from_pretrained=Tru
             f"{pretrained_path}: the random-initialisation baseline takes the "
             "pretraining's feature statistics from there."
         )
-    normalizer._load(normalizer_file)
+    load_normalizer(normalizer, normalizer_file)
     logger.info(
         "Encoder randomly initialised (init_from_pretrained: False); feature "
         f"statistics from {pretrained_path}"
@@ -249,10 +250,10 @@ class FineTuneBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
             epoch,
         )
 
-    def _wrap_distributed(self):
+    def wrap_distributed(self):
         """Under DDP, LayerDrop leaves the parameters of skipped layers
         without gradient: DDP must then look for unused parameters."""
         encoder = unwrap(self.modules.encoder).encoder
         if self.distributed_launch and encoder.layerdrop_prob > 0:
             self.find_unused_parameters = True
-        return super()._wrap_distributed()
+        return super().wrap_distributed()

@@ -25,6 +25,8 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.logger import get_logger
 
+from lobes.utils.speechbrain_private import DistributedWrapHook
+
 logger = get_logger(__name__)
 
 
@@ -58,7 +60,7 @@ class EpochSeededBatchesMixin:
         return loader
 
 
-class CPUDistributedMixin:
+class CPUDistributedMixin(DistributedWrapHook):
     """DDP on CPU (gloo) for a ``Brain`` whose modules hold BatchNorm.
 
     SpeechBrain 1.1.2 converts every BatchNorm of a trainable module to
@@ -69,9 +71,10 @@ class CPUDistributedMixin:
     BatchNorm does without DDP); on GPU SpeechBrain's own code runs.
     """
 
-    def _wrap_distributed(self):
+    def wrap_distributed(self):
+        """DDP without SyncBatchNorm on CPU; SpeechBrain's wrapping on GPU."""
         if not self.distributed_launch or str(self.device).startswith("cuda"):
-            return super()._wrap_distributed()
+            return super().wrap_distributed()
         for name, module in self.modules.items():
             if any(p.requires_grad for p in module.parameters()):
                 self.modules[name] = torch.nn.parallel.DistributedDataParallel(

@@ -51,6 +51,7 @@ from lobes.nnet.bestrq import (
     pad_to_multiple,
     stack_frames,
 )
+from lobes.utils.speechbrain_private import live_progress_bars
 
 logger = get_logger(__name__)
 
@@ -259,10 +260,7 @@ def show_on_progress_bar(text):
     training loop (its description, which SpeechBrain leaves alone; the
     loss stays on the right). Nothing happens without a visible bar (tests,
     other DDP ranks)."""
-    from tqdm import tqdm
-
-    for bar in list(getattr(tqdm, "_instances", ())):
-        if not bar.disable:
-            bar.set_description_str(text, refresh=False)
+    for bar in live_progress_bars():
+        bar.set_description_str(text, refresh=False)
 
 

@@ -48,6 +48,7 @@ from lobes.deploy.loading import (
     load_pretrained,
     resolve_checkpoint,
 )
+from lobes.utils.speechbrain_private import save_normalizer
 
 logger = get_logger(__name__)
 
@@ -246,7 +247,8 @@ def export_encoder(checkpoint, out_folder):
     >>> torch.save(enc.state_dict(), ckpt / "encoder.ckpt")
     >>> norm = InputNormalization()
     >>> _ = norm(torch.rand(2, 10, 80))
-    >>> norm._save(ckpt / "normalizer.ckpt")
+    >>> from lobes.utils.speechbrain_private import save_normalizer
+    >>> save_normalizer(norm, ckpt / "normalizer.ckpt")
     >>> out = export_encoder(ckpt, ckpt / "exported")
     >>> sorted(p.name for p in out.iterdir())
     ['README.md', 'encoder.ckpt', 'hyperparams.yaml', 'normalizer.ckpt']
@@ -271,7 +273,7 @@ def export_encoder(checkpoint, out_folder):
         raise ValueError(f"--out {out_folder} is the checkpoint folder itself.")
     out_folder.mkdir(parents=True, exist_ok=True)
     torch.save(encoder.state_dict(), out_folder / "encoder.ckpt")
-    normalizer._save(out_folder / "normalizer.ckpt")
+    save_normalizer(normalizer, out_folder / "normalizer.ckpt")
     config = encoder.config
     n_params = sum(p.numel() for p in encoder.parameters())
     yaml_path = out_folder / "hyperparams.yaml"

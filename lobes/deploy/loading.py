@@ -30,6 +30,7 @@ import torch
 from speechbrain.utils.logger import get_logger
 
 from lobes.utils.checkpoint import checkpoint_progress
+from lobes.utils.speechbrain_private import load_normalizer
 
 ENCODER_PREFIX = "0."  # the encoder in the recipe's `model: [encoder, head]`
 logger = get_logger(__name__)
@@ -320,5 +321,5 @@ def load_pretrained(path, encoder, normalizer=None):
                 "(normalize.ckpt or normalizer.ckpt): the encoder expects "
                 "features normalised with the pretraining statistics."
             )
-        normalizer._load(normalizer_file)
+        load_normalizer(normalizer, normalizer_file)
     return encoder, normalizer

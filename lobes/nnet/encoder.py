@@ -55,6 +55,7 @@ from lobes.nnet.mixers import (
     check_mixer_name,
 )
 from lobes.nnet.mixers.common import sinusoidal_positions, zero_padded
+from lobes.utils.speechbrain_private import check_convolution_module
 
 ACTIVATIONS = {"swish": Swish, "gelu": nn.GELU, "relu": nn.ReLU}
 INITS = ("xavier_normal", "default")
@@ -80,6 +81,7 @@ class MaskedConvolutionModule(ConvolutionModule):
 
     def __init__(self, *args, padding_isolation=True, **kwargs):
         super().__init__(*args, **kwargs)
+        check_convolution_module(self)
         self.padding_isolation = padding_isolation
 
     def forward(self, x, pad_mask=None):

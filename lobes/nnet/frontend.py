@@ -12,6 +12,8 @@ from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
 from speechbrain.nnet.CNN import Conv2d, get_padding_elem
 from torch import nn
 
+from lobes.utils.speechbrain_private import check_conv_frontend
+
 
 def _reflect_pad(x, dim, left, right):
     """Reflect-pads ``x`` along ``dim`` (as ``F.pad(mode="reflect")``) by
@@ -93,11 +95,7 @@ class ConvFrontEnd(nn.Module):
             conv_module=Conv2d,
             dropout=dropout,
         )
-        for module in self.cnn.modules():  # what _block assumes
-            assert getattr(module, "reduce_conv", None) is None  # no residual blocks
-            if isinstance(module, Conv2d):
-                assert module.padding == "same" and module.padding_mode == "reflect"
-                assert not (module.swap or module.skip_transpose or module.max_norm)
+        check_conv_frontend(self.cnn)  # what _block assumes
         freq = n_mels
         for s in self.strides:
             freq = math.ceil(freq / s)

@@ -32,7 +32,6 @@ import torch
 import yaml
 from speechbrain.utils.checkpoints import (
     Checkpoint,
-    Checkpointer,
     mark_as_loader,
     mark_as_saver,
     register_checkpoint_hooks,
@@ -40,11 +39,13 @@ from speechbrain.utils.checkpoints import (
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 from speechbrain.utils.logger import get_logger
 
+from lobes.utils.speechbrain_private import CheckpointerHooks
+
 logger = get_logger(__name__)
 PARTIAL_PREFIX = ".partial-"
 
 
-class AtomicCheckpointer(Checkpointer):
+class AtomicCheckpointer(CheckpointerHooks):
     """``Checkpointer`` that renames a checkpoint into place once complete.
 
     Same arguments and behaviour as
@@ -62,25 +63,17 @@ class AtomicCheckpointer(Checkpointer):
 
     _saving_to = None
 
-    def _new_checkpoint_dirpath(self):
+    def checkpoint_dirpath(self, name=None):
+        """The folder being written while a save runs, else SpeechBrain's."""
         if self._saving_to is not None:
             return self._saving_to
-        return super()._new_checkpoint_dirpath()
-
-    def _custom_checkpoint_dirpath(self, name):
-        if self._saving_to is not None:
-            return self._saving_to
-        return super()._custom_checkpoint_dirpath(name)
+        return super().checkpoint_dirpath(name)
 
     def save_checkpoint(
         self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO
     ):
         """Saves a checkpoint; it exists under its final name only when complete."""
-        final = (
-            super()._custom_checkpoint_dirpath(name)
-            if name is not None
-            else super()._new_checkpoint_dirpath()
-        )
+        final = super().checkpoint_dirpath(name)
         partial = final.with_name(PARTIAL_PREFIX + final.name)
         if if_main_process():
             for stale in self.checkpoints_dir.glob(PARTIAL_PREFIX + "*"):
@@ -124,7 +117,7 @@ class AtomicCheckpointer(Checkpointer):
             {k: final / p.name for k, p in saved.paramfiles.items()},
         )
 
-    def _call_load_hooks(self, checkpoint):
+    def recover_hooks(self, checkpoint):
         """Loads ``checkpoint``, logging its path and training step."""
         step, unixtime = checkpoint_progress(checkpoint.path)
         kind = "end-of-epoch" if checkpoint.meta.get("end-of-epoch", True) else "intra-epoch"
@@ -135,7 +128,7 @@ class AtomicCheckpointer(Checkpointer):
             f"Recovering the {kind} checkpoint {checkpoint.path} (step "
             f"{'unknown' if step is None else step}{when})"
         )
-        return super()._call_load_hooks(checkpoint)
+        return super().recover_hooks(checkpoint)
 
 
 def checkpoint_progress(folder):

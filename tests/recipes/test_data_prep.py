@@ -22,6 +22,7 @@ for folder in ("tools", "recipes/LibriLight/self-supervised-learning/BEST-RQ-lin
 import demo_corpus  # noqa: E402
 from demo_corpus import SAMPLE_RATE, make_demo_corpus  # noqa: E402
 from librilight_prepare import prepare_librilight, segment_boundaries  # noqa: E402
+
 from lobes.dataio.librispeech_prepare import prepare_librispeech  # noqa: E402
 
 LS_SPLITS = list(demo_corpus.LIBRISPEECH_SPLITS)

@@ -17,7 +17,11 @@ from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.encoder import CTCTextEncoder
 
 from lobes.brains.ctc import add_output_layer
-from lobes.deploy.loading import encoder_from_checkpoint, encoder_state_dict, resolve_checkpoint
+from lobes.deploy.loading import (
+    encoder_from_checkpoint,
+    encoder_state_dict,
+    resolve_checkpoint,
+)
 from lobes.recipe import _plain_yaml
 
 RECIPE = REPO / "recipes/LibriSpeech/ASR/CTC-BEST-RQ-linear"

@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 from conftest import PAPER_MIXERS, REPO, run_recipe
-from hyperpyyaml import load_hyperpyyaml
 from demo_overrides import demo_encoder_override, demo_overrides
+from hyperpyyaml import load_hyperpyyaml
 
 RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear"
 

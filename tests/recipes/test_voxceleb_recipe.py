@@ -7,7 +7,14 @@ import re
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import PAPER_MIXERS, PROBE_LAYERS, REPO, load_script, run_recipe, tiny_pretrained
+from conftest import (
+    PAPER_MIXERS,
+    PROBE_LAYERS,
+    REPO,
+    load_script,
+    run_recipe,
+    tiny_pretrained,
+)
 
 RECIPE = REPO / "recipes/VoxCeleb/SpeakerVerification"
 voxceleb_prepare = load_script(RECIPE / "voxceleb_prepare.py", "voxceleb_prepare")

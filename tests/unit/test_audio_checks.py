@@ -25,9 +25,9 @@ from damage import (
     truncate_file,
 )
 
-from lobes.dataio.pretraining import dataio_prepare
 from lobes.dataio.audio import BadAudioError, filter_by_duration, load_audio_crop
 from lobes.dataio.librispeech_prepare import prepare_librispeech
+from lobes.dataio.pretraining import dataio_prepare
 
 RECIPES = {
     "librilight": REPO / "recipes/LibriLight/self-supervised-learning/BEST-RQ-linear",
@@ -119,7 +119,7 @@ def test_bad_audio_stops_the_preparation_or_is_skipped_and_counted(
     used = {r["wav"] for r in rows}
     assert str(truncated) not in used and str(garbled) not in used
     assert {str(f) for f in files} - {str(truncated), str(garbled)} <= used
-    assert f"skipped 2 of" in caplog.text
+    assert "skipped 2 of" in caplog.text
     report = next((tmp_path / "skipped").glob("bad_audio_*.txt"))
     assert str(report) in caplog.text and len(report.read_text().splitlines()) == 2
 

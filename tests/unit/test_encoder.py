@@ -4,13 +4,13 @@ encoder definitions and their checks."""
 
 import pytest
 import torch
-from lobes.nnet.mixers import MIXERS
 from conftest import ALL_MIXERS
 from speechbrain.dataio.dataio import length_to_mask
 
+from lobes.config import encoder_config, encoder_from_definition
 from lobes.nnet.encoder import ConformerEncoder
 from lobes.nnet.frontend import ConvFrontEnd
-from lobes.config import encoder_from_definition, encoder_config
+from lobes.nnet.mixers import MIXERS
 
 SMALL = dict(num_layers=2, d_model=32, nhead=4, d_ffn=64, kernel_size=5, dropout=0.0)
 

@@ -22,8 +22,8 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import mark_as_saver, register_checkpoint_hooks
 
 from lobes.brains.pretraining import BestRQBrain
-from lobes.utils.checkpoint import AtomicCheckpointer
 from lobes.dataio.audio import AudioReadError, load_audio
+from lobes.utils.checkpoint import AtomicCheckpointer
 
 RECIPE = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear"
 
@@ -254,7 +254,7 @@ def test_masked_accuracy_survives_an_intra_epoch_restart(tmp_path):
         brain.fit_batch(batch)
     before = (brain.acc_sum, brain.acc_count)
     assert before[1] > 0
-    brain._save_intra_epoch_ckpt()
+    brain.checkpointer.save_checkpoint(end_of_epoch=False)  # as a mid-epoch save
 
     resumed = tiny_brain(tmp_path)  # a new process: recovers in on_fit_start
     assert resumed.step == 3
@@ -287,7 +287,7 @@ def test_probe_error_statistics_survive_an_intra_epoch_restart(tmp_path):
     scores = torch.log_softmax(torch.randn(4, 1, 3), dim=-1)
     brain.error_metrics.append(["a", "b", "c", "d"], scores, torch.tensor([[0], [1], [2], [0]]))
     expected = brain.error_metrics.summarize("average")
-    brain._save_intra_epoch_ckpt()
+    brain.checkpointer.save_checkpoint(end_of_epoch=False)  # as a mid-epoch save
     resumed = probe()
     assert resumed.error_metrics.ids == ["a", "b", "c", "d"]
     assert resumed.error_metrics.summarize("average") == pytest.approx(expected)
@@ -345,7 +345,7 @@ def test_torchrun_two_cpu_processes_start(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(
         "import sys, torch, speechbrain as sb\n"
-        "from lobes.brains.mixins import parse_arguments\n"
+        "from lobes.recipe import parse_arguments\n"
         "_, run_opts, _ = parse_arguments(sys.argv[1:])\n"
         "sb.utils.distributed.ddp_init_group(run_opts)\n"
         "t = torch.ones(1)\n"

@@ -23,13 +23,14 @@ from speechbrain.lobes.features import Fbank
 from speechbrain.processing.features import InputNormalization
 
 import lobes.nnet.mixers.mamba
-from lobes.nnet.encoder import ConformerEncoder
 from lobes.dataio.audio import load_audio
 from lobes.deploy.export import export_encoder
 from lobes.deploy.export import main as export_main
 from lobes.deploy.extract import main as extract_main
 from lobes.deploy.inference import BestRQEncoder
 from lobes.deploy.loading import encoder_from_checkpoint, load_pretrained
+from lobes.nnet.encoder import ConformerEncoder
+from lobes.utils.speechbrain_private import load_normalizer, save_normalizer
 
 ATOL = 1e-5
 TINY_MIXER_KWARGS = {
@@ -252,7 +253,7 @@ def make_checkpoint(folder, encoder):
     torch.save(model.state_dict(), folder / "model.ckpt")
     norm = InputNormalization()
     norm(torch.randn(2, 50, 80) * 3 + 1, torch.ones(2))
-    norm._save(folder / "normalize.ckpt")
+    save_normalizer(norm, folder / "normalize.ckpt")
     return folder
 
 
@@ -313,7 +314,7 @@ def test_mamba_checkpoint_from_the_cuda_kernel_path_runs_on_cpu(tmp_path, monkey
     assert gpu_encoder.state_dict().keys() == cpu_keys
     ckpt = make_checkpoint(tmp_path / "CKPT+gpu", gpu_encoder)
     normalizer = InputNormalization()
-    normalizer._load(ckpt / "normalize.ckpt")
+    load_normalizer(normalizer, ckpt / "normalize.ckpt")
     normalizer.eval()
     wavs = torch.randn(2, 16000) * 0.1
     lens = torch.tensor([1.0, 0.6])
@@ -330,3 +331,17 @@ def test_mamba_checkpoint_from_the_cuda_kernel_path_runs_on_cpu(tmp_path, monkey
     out = cpu_encoder(folder).encode_batch(wavs, lens)
     for got, want in zip(out.hidden_states, kernel_hidden):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_model_folder_exported_by_40517be_still_loads(tmp_path):
+    """A model folder exported before lobes/ was grouped by stage (its
+    hyperparams.yaml names lobes.encoder and lobes.inference) loads and gives
+    the outputs the code of that commit gave."""
+    folder = REPO / "tests/data/model_40517be"
+    assert "lobes.encoder.ConformerEncoder" in (folder / "hyperparams.yaml").read_text()
+    expected = torch.load(REPO / "tests/data/model_40517be_expected.pt", weights_only=True)
+    encoder = BestRQEncoder.from_hparams(source=str(folder), savedir=str(tmp_path))
+    with torch.no_grad():
+        out = encoder.encode_batch(expected["wav"], expected["wav_lens"])
+    assert torch.equal(out.lengths, expected["lengths"])
+    assert torch.allclose(torch.stack(out.hidden_states), expected["hidden_states"], atol=1e-6)

@@ -25,7 +25,12 @@ from lobes.nnet.mixers import cpu_scan
 from lobes.nnet.mixers.common import sinusoidal_positions
 from lobes.nnet.mixers.fastformer import Fastformer
 from lobes.nnet.mixers.hypermixing import HyperMixing
-from lobes.nnet.mixers.mamba import BiMamba, MambaBlock, selective_scan, selective_scan_ref
+from lobes.nnet.mixers.mamba import (
+    BiMamba,
+    MambaBlock,
+    selective_scan,
+    selective_scan_ref,
+)
 from lobes.nnet.mixers.summarymixing import SummaryMixing
 
 D = 16

@@ -6,8 +6,8 @@ import torch
 from speechbrain.lobes.features import Fbank
 from speechbrain.nnet.schedulers import LinearScheduler, NewBobScheduler
 
-from lobes.nnet.encoder import ConformerEncoder
 from lobes.brains.probing import ProbeBrain
+from lobes.nnet.encoder import ConformerEncoder
 from lobes.nnet.weighted_sum import WeightedLayerSum
 
 

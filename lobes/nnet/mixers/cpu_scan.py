@@ -2,9 +2,9 @@
 
 ``csrc/selective_scan_cpu.cpp`` computes the scan of
 ``lobes.nnet.mixers.mamba.selective_scan`` in one pass over its inputs, without
-writing the decays or the states (frames x N x D_in) to memory: 2-3x faster
-than the PyTorch scan on a CPU, the same numbers to float32 rounding
-(``tests/test_mixers.py`` checks it against ``selective_scan_ref``). It has
+writing the decays or the states (frames x N x D_in) to memory, with the
+same numbers to float32 rounding (``tests/unit/test_mixers.py`` checks it
+against ``selective_scan_ref``; speed in ``benchmarks/README.md``). It has
 no backward: ``MambaBlock`` uses it where no gradient is needed (inference,
 feature extraction, frozen probing, the benchmarks) and the PyTorch scan
 everywhere else.
@@ -72,7 +72,7 @@ def load_cpu_scan():
         warnings.warn(
             f"Mamba's compiled CPU scan ({SOURCE.name}) could not be built "
             f"({type(err).__name__}: {reason}); the PyTorch scan runs instead "
-            f"(same numbers, 2-3x slower). It needs a C++ compiler with "
+            f"(same numbers, slower). It needs a C++ compiler with "
             f"OpenMP and ninja (`pip install ninja`); {ENV_SWITCH}=0 skips "
             f"the attempt.",
             RuntimeWarning,

@@ -30,6 +30,7 @@ Authors
 
 import math
 
+import torch  # noqa: F401  (the examples)
 from torch import nn
 
 from lobes.nnet.mixers.common import masked_softmax_pool
