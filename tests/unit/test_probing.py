@@ -1,4 +1,4 @@
-"""The shared MP3S probe Brain (lobes/probing.py): the encoder's padding
+"""The shared MP3S probe Brain (lobes/brains/probing.py): the encoder's padding
 mask switch and the learning-rate annealing by the YAML's schedulers."""
 
 import pytest

@@ -120,3 +120,18 @@ def test_demo_overrides_and_encoder_definition_take_the_toy(toy_plugin, monkeypa
         assert encoder_config("toymean", "large")["d_model"] == 768
     finally:
         MIXERS.pop("toymean")
+
+
+def test_readme_mixer_table_lists_the_registry():
+    """The README's table of mixers has one row per registered mixer, and
+    names each row's module file, which exists."""
+    import re
+
+    from lobes.nnet.mixers import MIXERS
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([a-z_]+)` \|.*\| `(lobes/nnet/mixers/[a-z_]+\.py)` \|$", text, re.M)
+    assert sorted(name for name, _ in rows) == sorted(MIXERS)
+    for name, module in rows:
+        assert (REPO / module).is_file(), module
+        assert MIXERS[name].cls.__module__ == module[:-3].replace("/", "."), name

@@ -1,13 +1,14 @@
-"""Mamba's selective scan as a compiled CPU kernel (forward, no autograd).
+"""Mamba's selective scan as a compiled CPU kernel, with autograd.
 
 ``csrc/selective_scan_cpu.cpp`` computes the scan of
 ``lobes.nnet.mixers.mamba.selective_scan`` in one pass over its inputs, without
 writing the decays or the states (frames x N x D_in) to memory, with the
 same numbers to float32 rounding (``tests/unit/test_mixers.py`` checks it
-against ``selective_scan_ref``; speed in ``benchmarks/README.md``). It has
-no backward: ``MambaBlock`` uses it where no gradient is needed (inference,
-feature extraction, frozen probing, the benchmarks) and the PyTorch scan
-everywhere else.
+against ``selective_scan_ref``; speed in ``benchmarks/README.md``). Its
+backward recomputes the states chunk by chunk from states kept at chunk
+boundaries (as mamba-ssm does on GPU) instead of storing them, so training
+holds no (frames x N x D_in) tensor either. ``MambaBlock`` uses it on CPU
+for backends ``auto`` and ``cpu_kernel``, with or without gradients.
 
 It is compiled on first use with ``torch.utils.cpp_extension`` (a C++
 compiler with OpenMP and ``ninja``, about 30 s; cached under
@@ -86,9 +87,32 @@ def cpu_scan_available():
     return load_cpu_scan() is not None
 
 
+BACKWARD_CHUNK = 64  # frames whose states the backward recomputes at once
+
+
+class _ScanFunction(torch.autograd.Function):
+    """The kernel's forward and backward as one autograd node."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A_t, B, C, D):
+        kernel = load_cpu_scan()
+        ctx.save_for_backward(u, delta, A_t, B, C, D)
+        return kernel.scan_forward(u, delta, A_t, B, C, D)
+
+    @staticmethod
+    def backward(ctx, gy):
+        grads = load_cpu_scan().scan_backward(
+            *ctx.saved_tensors, gy.float().contiguous(), BACKWARD_CHUNK
+        )
+        return tuple(
+            g if needed else None for g, needed in zip(grads, ctx.needs_input_grad)
+        )
+
+
 @torch.compiler.disable
 def scan_forward(u, delta, A, B, C, D):
-    """Selective scan, batch-major, with the compiled kernel.
+    """Selective scan, batch-major, with the compiled kernel (differentiable
+    with respect to every input).
 
     Arguments
     ---------
@@ -116,14 +140,13 @@ def scan_forward(u, delta, A, B, C, D):
     ...     scan_forward(u, delta, A, B, C, D), ref, atol=1e-5)
     True
     """
-    kernel = load_cpu_scan()
-    if kernel is None:
+    if load_cpu_scan() is None:
         raise RuntimeError(
             f"Mamba's compiled CPU scan is not available here (see the "
             f"warning above, or {ENV_SWITCH}=0); use backend='torch'."
         )
     dtype = u.dtype
-    y = kernel.scan_forward(
+    y = _ScanFunction.apply(
         *(t.float().contiguous() for t in (u, delta)),
         A.float().t().contiguous(),
         *(t.float().contiguous() for t in (B, C, D)),

@@ -238,8 +238,8 @@ class MambaBlock(nn.Module):
     dt_min, dt_max : float
         Range of the initial step sizes.
     backend : str
-        "auto": on a GPU, ``mamba-ssm``'s kernel when installed; on a CPU
-        without autograd, the compiled CPU kernel when it builds; else the
+        "auto": on a GPU, ``mamba-ssm``'s kernel when installed; on a CPU,
+        the compiled CPU kernel (with its backward) when it builds; else the
         PyTorch scan. "torch": always the PyTorch scan. "cuda" and
         "cpu_kernel": that kernel, an error where it is missing.
     chunk_size : int
@@ -313,13 +313,9 @@ class MambaBlock(nn.Module):
         )
 
     def _use_cpu_kernel(self, x):
-        """The compiled CPU scan: on CPU, when no gradient flows through
-        the scan (it has no backward), for backends auto and cpu_kernel."""
+        """The compiled CPU scan (forward and backward): on CPU, for
+        backends auto and cpu_kernel, where it builds."""
         if self.backend not in ("auto", "cpu_kernel") or x.device.type != "cpu":
-            return False
-        if torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters())
-        ):
             return False
         return cpu_scan.cpu_scan_available()
 
