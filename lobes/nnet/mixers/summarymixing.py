@@ -28,6 +28,7 @@ Authors
 """
 
 import torch
+import torch.nn.functional as F
 from speechbrain.nnet.activations import Swish
 from torch import nn
 
@@ -203,5 +204,12 @@ class SummaryMixing(nn.Module):
         # Padded frames enter the local LayerNorm as zeros (as in the
         # authors' code; it only matters for what padded frames output).
         local = self.local_norm(zero_padded(self.local(x), pad_mask))
-        summary = self.summary_norm(summary).expand(-1, T, -1)
-        return self.combiner(torch.cat([local, summary], dim=-1))
+        # combiner(cat([local, summary])) with the summary's half of the
+        # product computed once per utterance (it is the same on every frame)
+        linear, activation = self.combiner
+        n_local = local.shape[-1]
+        per_utt = F.linear(
+            self.summary_norm(summary), linear.weight[:, n_local:], linear.bias
+        )  # (B, 1, D)
+        out = torch.matmul(local, linear.weight[:, :n_local].t())
+        return activation(out + per_utt)
