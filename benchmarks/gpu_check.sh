@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ############################################################################
-# The GPU checks of issue 15, in one prepared script for a CUDA machine.
+# The GPU checks of the efficiency benchmark, in one prepared script for a
+# CUDA machine.
 #
 #   bash benchmarks/gpu_check.sh            # results in benchmarks/results/gpu_check
 #   OUT=/some/dir bash benchmarks/gpu_check.sh
@@ -11,8 +12,9 @@
 #      started in the background (it may have to compile; capped);
 #   1. the paper-protocol table (authors' memory_test_v2.py procedure: batch
 #      6, 10..80 s every 10 s, train mode with autograd, VRAM including the
-#      weights) for SpeechBrain's encoder, the floor and every mixer but
-#      mamba, fp16 and bf16;
+#      weights) for the benchmark's default models (SpeechBrain's encoder,
+#      the floor, every registered mixer with a definition) but mamba, fp16
+#      and bf16;
 #   2. the same for mamba, with mamba-ssm's kernels if the install worked
 #      (else our PyTorch scan on the GPU; the log says which);
 #   3. our scan against mamba-ssm's: lobes.nnet.mixers.mamba.selective_scan vs
@@ -21,8 +23,8 @@
 #   4. a bf16 pretraining step per model (paper protocol with the backward of
 #      the loss, 20 and 80 s).
 # Every point is measured in this process (--inprocess: one CUDA context
-# instead of one per point; memory stays per point, see efficiency.py).
-# Not run in the session that wrote it: no GPU was available there.
+# instead of one per point; memory stays per point, see
+# benchmarks/efficiency/measure.py).
 #
 # Authors
 #  * BEST-RQ linear-mixers contributors 2026
@@ -60,8 +62,10 @@ else
     log "pip install mamba-ssm started (pid $PIP_PID)"
 fi
 
-BENCH=(benchmarks/efficiency.py --device cuda --inprocess --protocol paper)
-MODELS="speechbrain_relposmhaxl,floor,mhsa,mhsa_sdpa,hypermixing,fastformer,summarymixing"
+BENCH=(-m benchmarks.efficiency --device cuda --inprocess --protocol paper)
+# The default models (from the mixer registry) but mamba, measured apart.
+MODELS=$($PY -c "from benchmarks.efficiency import default_models; print(','.join(m for m in default_models() if m != 'mamba'))")
+log "models: $MODELS,mamba"
 
 # 1. Paper protocol, every model but mamba, fp16 and bf16.
 step paper_protocol 420 $PY "${BENCH[@]}" --mixers "$MODELS" --precisions fp16,bf16 \

@@ -1,33 +1,31 @@
-#!/usr/bin/env python3
 """Our encoders side by side with SpeechBrain 1.1.2's own BEST-RQ encoder.
 
-The comparison table of issue 15, reproducible by anyone: batch 1, forward
-without gradients (``eval()``, ``torch.inference_mode``), 2 threads, the
-paper widths (12 layers, ``hparams/encoder_<mixer>.yaml``), 20 s and 80 s of
-random 80-dim fbank frames, every point in its own process, runs interleaved
-round-robin between the models of a length, time = minimum over the timed
-runs (see ``efficiency.py``). Rows:
+Batch 1, forward without gradients (``eval()``, ``torch.inference_mode``),
+2 threads, the paper widths (12 layers, ``hparams/encoder_<mixer>.yaml``),
+20 s and 80 s of random 80-dim fbank frames, every point in its own
+process, runs interleaved round-robin between the models of a length, time
+= minimum over the timed runs (measured by ``benchmarks.efficiency``). Rows:
 
 * ``speechbrain_relposmhaxl``: SpeechBrain's ConvolutionFrontEnd + RelPosMHAXL
   Conformer (``TransformerASR.encode``), d 576, its recipe's arguments;
 * ``floor``: our mhsa encoder with every token mixer replaced by the
   identity (what any mixer costs at least);
-* each of our mixers.
+* every registered mixer with an encoder definition
+  (``benchmarks.efficiency.default_models``).
 
 Columns: time at each length, speed at the longest length relative to
 SpeechBrain's (its time over ours: > 1 is faster), the same with CPU time
-(process time of all threads, far less inflated than wall time when other
-processes share the cores), growth of the time from
-1/4 of the longest length to the longest, peak resident set size of the
+(process time of all threads), growth of the time from the shortest length
+to the longest, peak resident set size of the
 process relative to SpeechBrain's, matmul GFLOP (``FlopCounterMode``; plus
 the Mamba scan's element-wise work, counted analytically), GFLOP/s and that
-throughput relative to the floor's. Then the issue's "done when" criteria,
-checked on these numbers.
+throughput relative to the floor's. Then acceptance criteria checked on
+these numbers (``done_when``; no verdict from fewer than 5 timed runs).
 
 Example
 -------
-    python benchmarks/vs_speechbrain.py --out benchmarks/results/vs_speechbrain
-    python benchmarks/vs_speechbrain.py --precisions fp32,bf16 --repeats 7
+    python -m benchmarks.vs_speechbrain --out benchmarks/results/vs_speechbrain
+    python -m benchmarks.vs_speechbrain --precisions fp32,bf16 --repeats 7
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
@@ -35,29 +33,15 @@ Authors
 
 import argparse
 import datetime
-import importlib.util
 import math
 import subprocess
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+from benchmarks import efficiency as eff
+from benchmarks.efficiency.report import failed_reason, fmt, fmt_sig, timed_runs, verdict
+from lobes.nnet.mixers import mixer_names
 
-
-def _efficiency():
-    """The benchmark module next to this script."""
-    spec = importlib.util.spec_from_file_location("efficiency", HERE / "efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-eff = _efficiency()
-MODELS = (
-    f"{eff.SPEECHBRAIN_REF},{eff.FLOOR},mhsa,mhsa_sdpa,hypermixing,fastformer,"
-    "summarymixing,mamba"
-)
+REPO = eff.REPO
 
 
 def git_commit():
@@ -116,27 +100,27 @@ def comparison_table(rows, precision="fp32", markdown=True):
             ok = r is not None and r["status"] == "ok"
             line.append(
                 f"{r[eff.TIME_KEY]:.3g} s (med {r['time_median_s']:.3g})" if ok
-                else (r["status"] if r else "")
+                else (failed_reason(r) if r else "")
             )
         ok = long_row.get("status") == "ok" and ref is not None and ref["status"] == "ok"
         speed = ref[eff.TIME_KEY] / long_row[eff.TIME_KEY] if ok else float("nan")
-        line.append(eff._fmt(speed, 2) + "×")
+        line.append(fmt(speed, 2) + "×")
         cpu = ref["cpu_min_s"] / long_row["cpu_min_s"] if ok and "cpu_min_s" in ref else float("nan")
-        line.append(eff._fmt(cpu, 2) + "×")
+        line.append(fmt(cpu, 2) + "×")
         short = index.get((name, lengths[0]))
         g = (
             long_row[eff.TIME_KEY] / short[eff.TIME_KEY]
             if ok and short and short["status"] == "ok" else float("nan")
         )
-        line.append(eff._fmt(g, 1) + "×")
+        line.append(fmt(g, 1) + "×")
         rss = long_row.get("mem_total_mb", float("nan")) / ref["mem_total_mb"] if ok else float("nan")
         line.append(
-            eff._fmt(rss, 2)
+            fmt(rss, 2)
             + (f" ({ref['mem_total_mb'] / 1024:.2f} GB)" if name == eff.SPEECHBRAIN_REF and ok else "")
         )
-        line.append(eff._fmt_sig(long_row.get("gflop")))
-        line.append(eff._fmt_sig(long_row.get("gflops_per_s")))
-        line.append(eff._fmt(long_row.get("throughput_ratio_floor"), 2))
+        line.append(fmt_sig(long_row.get("gflop")))
+        line.append(fmt_sig(long_row.get("gflops_per_s")))
+        line.append(fmt(long_row.get("throughput_ratio_floor"), 2))
         body.append(line)
     if markdown:
         out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -148,8 +132,10 @@ def comparison_table(rows, precision="fp32", markdown=True):
 
 
 def done_when(rows, precision="fp32"):
-    """The issue's acceptance criteria, checked on ``rows``: lines
-    "PASS/FAIL: criterion (numbers)"."""
+    """The acceptance criteria, checked on ``rows``: lines "- PASS:
+    criterion (numbers)" or "- FAIL: ...", or "- not judged: N repeats < 5:
+    ..." when a point had fewer than 5 timed runs (``verdict``). Linear
+    mixers: ``mixer_names(linear=True)``."""
     rows = [r for r in rows if r.get("precision", "fp32") == precision and not r.get("compile")]
     lengths = sorted({r["seconds"] for r in rows})
     longest, shortest = max(lengths), min(lengths)
@@ -163,11 +149,13 @@ def done_when(rows, precision="fp32"):
         for r in rows if r["seconds"] == longest and r["status"] == "ok"
     }
     sb = eff.SPEECHBRAIN_REF
+    linear = mixer_names(linear=True)
+    repeats = timed_runs(rows)
     nan = float("nan")
     out = []
 
     def check(ok, text):
-        out.append(f"- {'PASS' if ok else 'FAIL'}: {text}")
+        out.append(f"- {verdict(ok, repeats)}: {text}")
 
     def get(m, s):
         return t.get((m, s), nan)
@@ -181,15 +169,16 @@ def done_when(rows, precision="fp32"):
     check(ratio <= 1.5, f"mamba ≤ 1.5× summarymixing's time at {longest:g} s ({ratio:.2f}×)")
     ratio = get("mamba", shortest) / get("mhsa", shortest)
     check(ratio <= 1.0, f"mamba no slower than mhsa at {shortest:g} s ({ratio:.2f}×)")
-    for m in ("hypermixing", "fastformer", "summarymixing"):
+    # the paper's linear mixers but mamba (its own criteria above)
+    for m in [m for m in mixer_names(paper=True, linear=True) if m != "mamba"]:
         speed = get(sb, longest) / get(m, longest)
         check(speed >= 2.8, f"{m} ≥ 2.8× SpeechBrain's speed at {longest:g} s ({speed:.2f}×)")
-    for m in eff.LINEAR_MIXERS:
+    for m in linear:
         if m in rss and sb in rss:
             ratio = rss[m] / rss[sb]
             check(ratio <= 0.45, f"{m} peak memory ≤ 0.45 of SpeechBrain's at {longest:g} s ({ratio:.2f})")
     for m, ratio in thr.items():
-        if m in (eff.FLOOR, "mhsa", "mhsa_sdpa", sb) or math.isnan(ratio):
+        if m not in linear or math.isnan(ratio):
             continue
         check(ratio >= 0.85, f"{m} throughput within 15% of the floor's at {longest:g} s ({ratio:.2f})")
     return out
@@ -197,8 +186,11 @@ def done_when(rows, precision="fp32"):
 
 def parse_args(argv=None):
     """The command-line options."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=MODELS, help="comma-separated models")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.vs_speechbrain",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(eff.default_models()),
+                   help="comma-separated models (default: SpeechBrain's encoder, the floor "
+                        "and every registered mixer with a definition)")
     p.add_argument("--lengths", default="20,80", help="durations, seconds")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
@@ -238,7 +230,7 @@ def main(argv=None):
     for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
         lines += [f"## {precision}", ""]
         lines += comparison_table(rows, precision)
-        lines += ["", "Issue 15 criteria:", ""]
+        lines += ["", "Criteria:", ""]
         lines += done_when(rows, precision)
         lines.append("")
     text = "\n".join(lines)
@@ -258,6 +250,4 @@ def _sb_version():
 
 
 if __name__ == "__main__":
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     main()

@@ -1,22 +1,26 @@
-"""The efficiency benchmark's logic, on tiny models (nothing here is timed:
-times only need to exist; their values are never asserted)."""
+"""The efficiency benchmark's logic (``benchmarks.efficiency``), on tiny
+models (nothing here is timed: times only need to exist; their values are
+never asserted)."""
 
 import csv
+import importlib
 import math
-from pathlib import Path
+import sys
 
 import pytest
 import torch
-from conftest import load_script
+from conftest import REPO
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+if str(REPO) not in sys.path:  # `benchmarks` is a package of the repository root
+    sys.path.insert(0, str(REPO))
+
 TINY = ["--size", "tiny", "--batch", "1", "--repeats", "2", "--warmup", "0",
         "--device", "cpu", "--inprocess", "--threads", "1", "--vocab", "64"]
 
 
 @pytest.fixture(scope="module")
 def efficiency():
-    return load_script(BENCH / "efficiency.py", "efficiency")
+    return importlib.import_module("benchmarks.efficiency")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,8 @@ def test_main_writes_csv_markdown_ratios_floor_and_reference(efficiency, default
     for label in ("| speechbrain_relposmhaxl |", "| floor |", "| mhsa bf16 |", "| mamba |"):
         assert label in md
     assert "throughput" in md and "IQR" in md
+    # 2 timed runs per point: the check of mamba against mhsa gives no verdict
+    assert "not judged: 2 repeats < 5" in md and "PASS" not in md and "FAIL" not in md
 
 
 def test_work_is_counted_with_attention_and_scan(efficiency, default_run):
@@ -141,7 +147,7 @@ def test_runs_are_interleaved_round_robin_and_warmup_dropped(efficiency, monkeyp
         def close(self):
             pass
 
-    monkeypatch.setattr(efficiency, "_InProcess", FakePoint)
+    monkeypatch.setattr(efficiency.workers, "_InProcess", FakePoint)
     specs = [{"mixer": m, "seconds": 1.0} for m in "abc"]
     rows = efficiency.measure_interleaved(specs, warmup=1, repeats=5, inprocess=True)
     assert calls[:3] == ["a", "b", "c"] and calls[3:6] == ["b", "c", "a"]
@@ -157,7 +163,7 @@ def test_ratios_growth_and_checks_use_the_minima(efficiency):
         return {
             "mode": "forward", "mixer": mixer, "seconds": seconds, "precision": precision,
             "time_min_s": t, "time_median_s": 2 * t, "mem_peak_mb": mem, "gflop": gflop,
-            "gflops_per_s": gflop / t, "status": "ok",
+            "gflops_per_s": gflop / t, "status": "ok", "repeats": 5,
         }
 
     rows = [
@@ -219,7 +225,7 @@ def test_paper_step_builds_the_graph_in_train_mode(efficiency):
 def test_compile_reports_its_time_and_difference(efficiency, monkeypatch):
     """The compile path, with torch.compile replaced by the identity (a real
     compilation takes minutes on CPU; the benchmark measures it)."""
-    monkeypatch.setattr(efficiency, "maybe_compile", lambda model, enabled=True, **kw: model)
+    monkeypatch.setattr(efficiency.measure, "maybe_compile", lambda model, enabled=True, **kw: model)
     r = efficiency.measure_point(mixer="fastformer", seconds=1.0, batch=1, size="tiny",
                                  vocab=64, threads=1, compile=True, repeats=1, warmup=0)
     assert r["compile"] and r["compile_max_abs_diff"] == 0.0 and r["compile_s"] > 0
@@ -250,7 +256,7 @@ def test_small_size_keeps_width_ratios(efficiency):
 
 
 def test_vs_speechbrain_table_and_criteria():
-    vs = load_script(BENCH / "vs_speechbrain.py", "vs_speechbrain")
+    vs = importlib.import_module("benchmarks.vs_speechbrain")
     eff = vs.eff
 
     def row(mixer, seconds, t, rss, gflops=None):
@@ -259,6 +265,7 @@ def test_vs_speechbrain_table_and_criteria():
             "time_min_s": t, "time_median_s": t, "cpu_min_s": 2 * t,
             "mem_peak_mb": rss, "mem_total_mb": rss,
             "gflop": (gflops or 0) * t, "gflops_per_s": gflops or float("nan"), "status": "ok",
+            "repeats": 5,
         }
 
     rows = [
@@ -279,3 +286,76 @@ def test_vs_speechbrain_table_and_criteria():
     assert "PASS: mamba ≤ 1.5× summarymixing's time at 80 s (1.40×)" in criteria
     assert "FAIL: mamba no slower than mhsa at 20 s (1.20×)" in criteria
     assert "FAIL: summarymixing peak memory ≤ 0.45 of SpeechBrain's at 80 s (0.40)" not in criteria
+
+
+def test_default_models_come_from_the_registry(efficiency, monkeypatch):
+    """SpeechBrain's encoder, the floor, then every registered mixer with a
+    definition (its own or ``sizes_from``): a new mixer is measured without
+    editing the benchmark."""
+    from lobes.nnet.mixers import MIXERS, MixerSpec, mixer_names
+
+    assert efficiency.parse_args([]).mixers.split(",") == efficiency.default_models()
+    assert efficiency.default_models() == ["speechbrain_relposmhaxl", "floor", *MIXERS]
+    assert efficiency.BASELINES == (*mixer_names(linear=False), "speechbrain_relposmhaxl")
+    fastformer = MIXERS["fastformer"].cls
+    monkeypatch.setitem(MIXERS, "fastformer_twin", MixerSpec(fastformer, "absolute", sizes_from="fastformer"))
+    monkeypatch.setitem(MIXERS, "no_definition", MixerSpec(fastformer, "absolute"))
+    assert efficiency.default_models()[-1] == "fastformer_twin"
+    model, info = efficiency.build_model("fastformer_twin", "tiny", vocab=16)
+    assert model.encoder.config["mixer"] == "fastformer_twin"
+    assert info["d_model"] == efficiency.model_config("fastformer", "tiny")["d_model"]
+
+
+def _check_rows(repeats):
+    """SpeechBrain's encoder, mhsa and fastformer at 20 and 80 s (fastformer
+    cheaper than mhsa and linear), ``repeats`` timed runs per point."""
+    return [
+        {"mode": "forward", "mixer": m, "seconds": s, "precision": "fp32", "time_min_s": t,
+         "time_median_s": t, "mem_peak_mb": mem, "mem_total_mb": mem, "gflop": 1.0,
+         "gflops_per_s": 1.0 / t, "cpu_min_s": t, "status": "ok", "repeats": repeats}
+        for m, s, t, mem in (
+            ("speechbrain_relposmhaxl", 20.0, 1.0, 500), ("speechbrain_relposmhaxl", 80.0, 9.0, 900),
+            ("mhsa", 20.0, 1.0, 400), ("mhsa", 80.0, 8.0, 800),
+            ("fastformer", 20.0, 0.5, 100), ("fastformer", 80.0, 2.0, 200),
+        )
+    ]
+
+
+def test_no_verdict_from_fewer_than_five_repeats(efficiency):
+    vs = importlib.import_module("benchmarks.vs_speechbrain")
+    judged = efficiency.add_ratios(_check_rows(repeats=5))
+    assert "(about linear): PASS" in "\n".join(efficiency.check_linear(judged, "forward"))
+    assert all(" PASS: " in line or " FAIL: " in line for line in vs.done_when(judged))
+    few = efficiency.add_ratios(_check_rows(repeats=2))
+    check = "\n".join(efficiency.check_linear(few, "forward"))
+    assert "(about linear): not judged: 2 repeats < 5" in check
+    assert "PASS" not in check and "FAIL" not in check
+    criteria = vs.done_when(few)
+    assert criteria and all(line.startswith("- not judged: 2 repeats < 5: ") for line in criteria)
+
+
+def test_failed_point_is_marked_in_the_tables(efficiency, monkeypatch):
+    class FakePoint:
+        def __init__(self, spec):
+            if spec["mixer"] == "fastformer":
+                raise ValueError("cannot build")
+            self.info = {"params_m": 1.0, "d_model": 8}
+
+        def call(self, command, arg=None):
+            answers = {"run": [1.0, 10.0, 20.0, 30.0, 1.0, 1.0], "flops": 1e9}
+            return answers.get(command, {})
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(efficiency.workers, "_InProcess", FakePoint)
+    specs = [{"mixer": m, "seconds": s, "repeats": 5} for s in (20.0, 80.0) for m in ("mhsa", "fastformer")]
+    with pytest.warns(UserWarning, match="point failed"):
+        rows = efficiency.measure_interleaved(specs, warmup=0, repeats=5, inprocess=True)
+    assert [r["mixer"] for r in rows] == ["mhsa", "fastformer"] * 2
+    assert rows[1]["status"] == "error: ValueError: cannot build"
+    text = efficiency.format_tables(efficiency.add_ratios(rows), "forward", "header")
+    fastformer = [line for line in text.splitlines() if line.startswith("fastformer ")]
+    assert len(fastformer) == 3  # time, memory, work
+    assert all(line.count("failed: ValueError: cannot build") == 2 for line in fastformer)
+    assert "  fastformer: failed: ValueError: cannot build" in text
