@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 from conftest import REPO
 
 TOY_MODULE = textwrap.dedent(
@@ -106,7 +107,7 @@ def test_the_toy_passes_the_mixer_and_encoder_tests(toy_plugin):
     assert " passed" in proc.stdout and " failed" not in proc.stdout
 
 
-def test_demo_overrides_and_encoder_definition_take_the_toy(toy_plugin, monkeypatch):
+def test_demo_overrides_benchmark_and_encoder_definition_take_the_toy(toy_plugin, monkeypatch):
     monkeypatch.syspath_prepend(str(toy_plugin))
     monkeypatch.syspath_prepend(str(REPO / "tools"))
     import toy_mixer  # noqa: F401  (registers it)
@@ -115,9 +116,16 @@ def test_demo_overrides_and_encoder_definition_take_the_toy(toy_plugin, monkeypa
     from lobes.config import encoder_config
     from lobes.nnet.mixers import MIXERS
 
+    from benchmarks.efficiency.models import build_model, default_models, model_config
+
     try:
         assert "d_model: 64" in demo_encoder_override("toymean")
         assert encoder_config("toymean", "large")["d_model"] == 768
+        assert "toymean" in default_models()  # the benchmark measures it
+        assert model_config("toymean", size="tiny")["d_model"] == 512 // 16
+        tiny, _ = build_model("toymean", size="tiny", vocab=16)
+        logits = tiny(torch.randn(1, 40, 80), torch.ones(1))
+        assert logits.shape[-1] == 16
     finally:
         MIXERS.pop("toymean")
 
