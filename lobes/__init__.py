@@ -19,3 +19,10 @@
 ``lobes.encoder`` and ``lobes.inference`` only keep the names that model
 folders exported by earlier versions refer to.
 """
+
+# The SpeechBrain found must be one this package runs with (a clear message
+# naming its version, the supported range and what to do, before any module
+# imports SpeechBrain): lobes.utils.versions.
+from lobes.utils.versions import check_speechbrain as _check_speechbrain
+
+_check_speechbrain()

@@ -5,6 +5,7 @@ one call in place of ``load_hyperpyyaml``::
 
     hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
+    lock_output_folder(hparams["output_folder"])
     sb.create_experiment_directory(hparams["output_folder"], hparams_file, overrides)
     record_encoder(hparams)
 
@@ -15,8 +16,17 @@ one call in place of ``load_hyperpyyaml``::
   "{max_batch_lenght: 100}"`` would otherwise replace the whole dict); the
   encoder's own overrides are checked against its constructor by
   ``lobes.config.encoder_config``;
-* a restart into an output folder whose run used another encoder, before
-  anything in that folder is touched.
+* a numeric hyperparameter of the wrong type or range (learning rates,
+  epochs, batch sizes and lengths, probabilities...: one checker driven by
+  key names, ``lobes.utils.hparam_values``), from the YAML or the command
+  line, before anything is built;
+* a restart into an output folder whose run used another encoder, or whose
+  checkpoints do not fit the modules built now (head, quantiser and
+  codebook, probe...), before anything in that folder is touched.
+
+Then ``lock_output_folder(hparams["output_folder"])``, before
+``create_experiment_directory``, makes the run the only one in its folder
+(``lobes.utils.run_lock``).
 
 It returns the overrides to save with the run, completed with every
 constructor argument of the encoder that is built (``encoder_overrides``), so
@@ -38,6 +48,9 @@ import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
+
+from lobes.utils.hparam_values import check_run_options, check_values
+from lobes.utils.run_lock import RunLockedError, lock_output_folder  # noqa: F401 (recipes)
 
 logger = get_logger(__name__)
 ENCODER_RECORD = "encoder.yaml"
@@ -137,6 +150,7 @@ def load_hparams(hparams_file, overrides="", required=()):
             "key. Check the spelling against the YAML."
         )
     check_overrides(text, overrides, str(hparams_file))
+    check_values(text, overrides, str(hparams_file))  # before anything is built
     stream = io.StringIO(text)
     stream.name = str(hparams_file)
     hparams = load_hyperpyyaml(stream, overrides)
@@ -146,13 +160,22 @@ def load_hparams(hparams_file, overrides="", required=()):
         overrides["encoder_overrides"] = {
             k: v for k, v in config.items() if k != "mixer"
         }
-    if config is not None and "output_folder" in hparams:
-        check_restart(hparams["output_folder"], config)
+    if "output_folder" in hparams:
+        check_restart(hparams["output_folder"], config, hparams)
     return hparams, overrides
 
 
-def check_restart(output_folder, config):
-    """Refuses to reuse an output folder whose run had another encoder.
+def check_restart(output_folder, config, hparams=None):
+    """Refuses to reuse an output folder whose run had another encoder, or
+    whose checkpoints this run could not load.
+
+    ``config`` (the encoder's arguments, or None) is compared with the
+    folder's ``encoder.yaml``; with ``hparams``, every module of the
+    ``checkpointer`` (the encoder, the head, the quantiser and its codebook,
+    a probe...) is compared, parameter by parameter, with its file in the
+    folder's latest checkpoint: a shape or a parameter that differs (another
+    ``cb_vocab``, ``cb_dim``, head or probe size) is refused, with the
+    hyperparameters that differ from the folder's ``hyperparams.yaml``.
 
     Nothing is written: the check happens before SpeechBrain saves the new
     ``hyperparams.yaml``, so the folder still describes its own run.
@@ -169,19 +192,53 @@ def check_restart(output_folder, config):
     ValueError: ...d_model: 576 there, 848 now...
     """
     record = Path(output_folder) / ENCODER_RECORD
-    if not record.is_file():
+    if config is not None and record.is_file():
+        before = yaml.safe_load(record.read_text(encoding="utf-8")) or {}
+        diffs = [
+            f"{k}: {before.get(k)!r} there, {v!r} now"
+            for k, v in config.items()
+            if k in before and before[k] != v
+        ]
+        if diffs:
+            raise ValueError(
+                f"{output_folder} holds a run of another encoder ({'; '.join(diffs)}). "
+                "Give this run its own --output_folder (nothing was changed there)."
+            )
+    checkpointer = (hparams or {}).get("checkpointer")
+    if checkpointer is None:
         return
-    before = yaml.safe_load(record.read_text(encoding="utf-8")) or {}
-    diffs = [
-        f"{k}: {before.get(k)!r} there, {v!r} now"
-        for k, v in config.items()
-        if k in before and before[k] != v
-    ]
-    if diffs:
+    from lobes.utils.checkpoint import checkpoint_shape_differences
+
+    found = checkpoint_shape_differences(checkpointer)
+    if found:
+        ckpt, diffs = found
+        changed = _changed_hparams(Path(output_folder) / "hyperparams.yaml", hparams)
         raise ValueError(
-            f"{output_folder} holds a run of another encoder ({'; '.join(diffs)}). "
-            "Give this run its own --output_folder (nothing was changed there)."
+            f"{output_folder} holds checkpoints this run cannot resume: "
+            f"{ckpt} differs from the modules built now ({'; '.join(diffs[:6])}"
+            + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+            + ")"
+            + (f", built from other hyperparameters ({'; '.join(changed[:8])})" if changed else "")
+            + ". Give this run its own --output_folder, or the same "
+            "hyperparameters as that run (nothing was changed there)."
         )
+
+
+def _changed_hparams(saved_yaml, hparams):
+    """``key: <there> there, <now> now`` for the plain top-level values of
+    the run's saved ``hyperparams.yaml`` that differ from ``hparams``."""
+    try:
+        before = _plain_yaml(saved_yaml.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    plain = (int, float, str, bool, type(None))
+    return [
+        f"{k}: {v!r} there, {hparams[k]!r} now"
+        for k, v in before.items()
+        if isinstance(v, plain) and k in hparams and isinstance(hparams[k], plain)
+        and not k.endswith(("_folder", "_csv", "_log", "_file"))
+        and v != hparams[k]
+    ]
 
 
 def record_encoder(hparams):
@@ -230,7 +287,46 @@ def parse_arguments(argv):
     ('nccl', 'lr: 0.1')
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    return hparams_file, distributed_run_opts(run_opts), overrides
+    run_opts = distributed_run_opts(typed_run_opts(run_opts))
+    check_run_options(run_opts)  # --grad_accumulation_factor=0... refused now
+    return hparams_file, run_opts, overrides
+
+
+def _replace_run_opts(run_opts, **changes):
+    """``run_opts`` with ``changes``: a ``RunOptions`` (SpeechBrain 1.1) or a
+    dict (earlier SpeechBrain)."""
+    if isinstance(run_opts, dict):
+        return {**run_opts, **changes}
+    return dataclasses.replace(run_opts, **changes)
+
+
+def typed_run_opts(run_opts):
+    """``run_opts`` with ``--optimizer_step_limit`` as an int.
+
+    SpeechBrain 1.1 parses it as a string (its default, None, gives the
+    argument no type), and the training loop then fails with
+    ``TypeError: '>=' not supported between 'int' and 'str'``.
+
+    Example
+    -------
+    >>> opts = typed_run_opts(sb.parse_arguments(["x.yaml", "--optimizer_step_limit=1"])[1])
+    >>> opts["optimizer_step_limit"]
+    1
+    >>> typed_run_opts({"optimizer_step_limit": "ten"})
+    Traceback (most recent call last):
+    ...
+    ValueError: --optimizer_step_limit=ten: give a whole number of optimizer steps.
+    """
+    limit = run_opts.get("optimizer_step_limit")
+    if isinstance(limit, str):
+        try:
+            value = int(limit)
+        except ValueError:
+            raise ValueError(
+                f"--optimizer_step_limit={limit}: give a whole number of optimizer steps."
+            ) from None
+        run_opts = _replace_run_opts(run_opts, optimizer_step_limit=value)
+    return run_opts
 
 
 def distributed_run_opts(run_opts, environ=None, n_gpus=None):
@@ -274,7 +370,7 @@ def distributed_run_opts(run_opts, environ=None, n_gpus=None):
             logger.warning(
                 f"torchrun on a machine without GPU: DDP on CPU ({CPU_DDP})."
             )
-        return dataclasses.replace(
+        return _replace_run_opts(
             run_opts,
             distributed_backend="gloo",
             device="cpu",
@@ -290,3 +386,36 @@ def distributed_run_opts(run_opts, environ=None, n_gpus=None):
             f"CPU with {CPU_DDP}."
         )
     return run_opts
+
+
+def export_folders(brain, hparams):
+    """``(checkpoints, export folder)`` of a pretraining run that has ended.
+
+    Normally ``hparams["save_folder"]`` and ``hparams["export_folder"]``.
+    Under ``--debug`` (without ``--debug_persistently``) SpeechBrain writes the
+    run's checkpoints to a temporary folder, so the debug model is exported
+    from there into ``<that folder>/encoder``: the export runs as in a real
+    run, and the real export folder (perhaps a real run's) is left alone.
+
+    Example
+    -------
+    >>> import tempfile, types
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> hp = {"save_folder": str(tmp / "save"), "export_folder": str(tmp / "encoder")}
+    >>> brain = types.SimpleNamespace(checkpointer=types.SimpleNamespace(checkpoints_dir=tmp / "save"))
+    >>> export_folders(brain, hp) == (tmp / "save", tmp / "encoder")
+    True
+    >>> brain.checkpointer.checkpoints_dir = tmp / "debug"
+    >>> export_folders(brain, hp) == (tmp / "debug", tmp / "debug" / "encoder")
+    True
+    """
+    save_folder, export_folder = Path(hparams["save_folder"]), Path(hparams["export_folder"])
+    checkpointer = getattr(brain, "checkpointer", None)
+    used = Path(getattr(checkpointer, "checkpoints_dir", save_folder))
+    if used.absolute() != save_folder.absolute():
+        logger.info(
+            f"Debug run: its checkpoints are in {used} (SpeechBrain's temporary "
+            f"folder, not {save_folder}); exporting its encoder to {used / 'encoder'}."
+        )
+        return used, used / "encoder"
+    return save_folder, export_folder

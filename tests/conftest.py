@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from lobes.nnet.mixers import MIXERS, mixer_names
-from lobes.utils.speechbrain_private import save_normalizer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -22,6 +21,13 @@ ALL_MIXERS = sorted(MIXERS)
 PAPER_MIXERS = mixer_names(paper=True)
 LINEAR_MIXERS = mixer_names(linear=True)
 PAPER_LINEAR_MIXERS = mixer_names(paper=True, linear=True)
+
+
+def save_normalizer(norm, path):
+    """Writes the statistics of SpeechBrain's ``InputNormalization`` ``norm``
+    in SpeechBrain's own file format (its ``_save``: count, glob_mean,
+    glob_std), as SpeechBrain's recipes and older runs of ours wrote them."""
+    torch.save({"count": norm.count, "glob_mean": norm.glob_mean, "glob_std": norm.glob_std}, path)
 
 
 def small_mixer(name, d_model=16, nhead=4, **kwargs):

@@ -10,20 +10,24 @@ The fault strikes once a complete checkpoint exists in ``<save folder>``
 
 * ``kill_on_save``: SIGKILL in the middle of writing the next checkpoint
   (as a pre-emption or the out-of-memory killer would);
-* ``enospc_on_save``: that write fails with ``OSError(ENOSPC)``, a full disk;
+* ``full_disk_on_save``: the disk fills up during that write: from then on
+  the kernel refuses every write beyond a few hundred bytes of a file (a
+  file-size limit, ``RLIMIT_FSIZE``, with ``SIGXFSZ`` ignored), so that
+  ``torch.save`` fails in its zip writer as on a full disk (a real failure,
+  no exception is raised by this script);
 * ``nan_features``: the next features computed (``Fbank``) hold NaN.
 
 The recipe then runs unchanged (``runpy``, as ``python train.py ...``).
 """
 
-import errno
 import os
+import resource
 import runpy
 import signal
 import sys
 from pathlib import Path
 
-FAULTS = ("kill_on_save", "enospc_on_save", "nan_features")
+FAULTS = ("kill_on_save", "full_disk_on_save", "nan_features")
 
 
 def has_checkpoint(save_folder):
@@ -31,11 +35,19 @@ def has_checkpoint(save_folder):
     return any(Path(save_folder).glob("CKPT+*"))
 
 
+def fill_the_disk():
+    """From now on no file of this process grows beyond 256 bytes: writes
+    fail as on a full disk (``EFBIG`` instead of ``ENOSPC``)."""
+    sys.dont_write_bytecode = True  # no cut .pyc for the modules imported later
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
 def inject(fault, save_folder):
     """Patches torch / SpeechBrain so that ``fault`` happens (see module doc)."""
     import torch
 
-    if fault in ("kill_on_save", "enospc_on_save"):
+    if fault in ("kill_on_save", "full_disk_on_save"):
         real_save = torch.save
 
         def save(obj, f, *args, **kwargs):
@@ -45,7 +57,7 @@ def inject(fault, save_folder):
             ):  # mid-way through a checkpoint, after a complete one
                 if fault == "kill_on_save":
                     os.kill(os.getpid(), signal.SIGKILL)
-                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+                fill_the_disk()
             return real_save(obj, f, *args, **kwargs)
 
         torch.save = save

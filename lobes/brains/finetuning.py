@@ -38,7 +38,7 @@ from lobes.brains.mixins import CPUDistributedMixin, EpochSeededBatchesMixin, un
 from lobes.brains.probing import anneal_learning_rates
 from lobes.deploy.loading import load_pretrained, resolve_checkpoint
 from lobes.nnet.bestrq import compute_span_mask
-from lobes.utils.speechbrain_private import load_normalizer
+from lobes.nnet.normalization import load_statistics
 
 logger = get_logger(__name__)
 
@@ -50,9 +50,10 @@ class FineTunedEncoder(nn.Module):
     ---------
     encoder : lobes.nnet.encoder.ConformerEncoder
         The encoder to fine-tune (all its parameters are trained).
-    normalizer : speechbrain.processing.features.InputNormalization
-        The pretraining's global feature statistics, never updated here: it
-        stays in eval mode even when the encoder trains.
+    normalizer : lobes.nnet.normalization.FeatureNormalizer
+        The pretraining's feature normalisation (method and statistics),
+        never updated here: it stays in eval mode even when the encoder
+        trains.
     mask_prob : float
         Probability for a frame to start a masked span, as in BEST-RQ
         pretraining (``lobes.nnet.bestrq.compute_span_mask``; 0 disables the
@@ -66,11 +67,11 @@ class FineTunedEncoder(nn.Module):
 
     Example
     -------
-    >>> from speechbrain.processing.features import InputNormalization
+    >>> from lobes.nnet.normalization import FeatureNormalizer
     >>> from lobes.nnet.encoder import ConformerEncoder
     >>> enc = ConformerEncoder("fastformer", num_layers=1, d_model=16,
     ...                        nhead=2, d_ffn=32, kernel_size=3, dropout=0.0)
-    >>> norm = InputNormalization()
+    >>> norm = FeatureNormalizer("authors")
     >>> _ = norm(torch.randn(2, 40, 80), torch.ones(2))  # its statistics
     >>> ft = FineTunedEncoder(enc, norm, mask_prob=0.2).train()
     >>> norm.training, enc.training
@@ -148,7 +149,7 @@ def initialise_encoder(pretrained_path, encoder, normalizer, from_pretrained=Tru
             f"{pretrained_path}: the random-initialisation baseline takes the "
             "pretraining's feature statistics from there."
         )
-    load_normalizer(normalizer, normalizer_file)
+    load_statistics(normalizer, normalizer_file)
     logger.info(
         "Encoder randomly initialised (init_from_pretrained: False); feature "
         f"statistics from {pretrained_path}"
@@ -250,10 +251,5 @@ class FineTuneBrain(EpochSeededBatchesMixin, CPUDistributedMixin, sb.Brain):
             epoch,
         )
 
-    def wrap_distributed(self):
-        """Under DDP, LayerDrop leaves the parameters of skipped layers
-        without gradient: DDP must then look for unused parameters."""
-        encoder = unwrap(self.modules.encoder).encoder
-        if self.distributed_launch and encoder.layerdrop_prob > 0:
-            self.find_unused_parameters = True
-        return super().wrap_distributed()
+    # Under DDP with LayerDrop, CPUDistributedMixin.wrap_distributed sets
+    # find_unused_parameters (skipped layers leave parameters without gradient).

@@ -4,7 +4,9 @@
   (``torchrun`` without GPUs runs on gloo) and clear errors otherwise;
 * ``EpochSeededBatchesMixin``: the batch order depends on seed and epoch
   only, so a resumed run sees the batches an uninterrupted one would;
-* ``CPUDistributedMixin``: DDP on CPU (gloo) for modules with BatchNorm;
+* ``CPUDistributedMixin``: DDP on CPU (gloo) for modules with BatchNorm,
+  and DDP that looks for unused parameters when a trained module has
+  LayerDrop;
 * ``ResumableTrainStatsMixin``: the training epoch's metrics (accuracy...)
   are checkpointed, so that after an intra-epoch restart they still cover
   the whole epoch;
@@ -25,6 +27,7 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.logger import get_logger
 
+from lobes.utils.safe_io import load_tensors
 from lobes.utils.speechbrain_private import DistributedWrapHook
 
 logger = get_logger(__name__)
@@ -61,7 +64,8 @@ class EpochSeededBatchesMixin:
 
 
 class CPUDistributedMixin(DistributedWrapHook):
-    """DDP on CPU (gloo) for a ``Brain`` whose modules hold BatchNorm.
+    """DDP on CPU (gloo) for a ``Brain`` whose modules hold BatchNorm, and
+    DDP with ``find_unused_parameters`` when a trained module has LayerDrop.
 
     SpeechBrain 1.1.2 converts every BatchNorm of a trainable module to
     ``SyncBatchNorm`` before wrapping it in DDP, and ``SyncBatchNorm`` refuses
@@ -69,10 +73,19 @@ class CPUDistributedMixin(DistributedWrapHook):
     on CPU. On CPU this wraps the modules in DDP as SpeechBrain does, minus
     the conversion (each rank normalises with its own batch statistics, as
     BatchNorm does without DDP); on GPU SpeechBrain's own code runs.
+
+    A layer that LayerDrop skips leaves its parameters without gradient, and
+    DDP then stops at the next step ("Expected to have finished reduction in
+    the prior iteration..."): with LayerDrop in a trained module
+    (``uses_layerdrop``), DDP looks for unused parameters, as the authors'
+    runs did (``--find_unused_parameters`` in every ``run/*.sh``).
     """
 
     def wrap_distributed(self):
-        """DDP without SyncBatchNorm on CPU; SpeechBrain's wrapping on GPU."""
+        """DDP without SyncBatchNorm on CPU; SpeechBrain's wrapping on GPU;
+        ``find_unused_parameters`` with LayerDrop."""
+        if self.distributed_launch and uses_layerdrop(self.modules):
+            self.find_unused_parameters = True
         if not self.distributed_launch or str(self.device).startswith("cuda"):
             return super().wrap_distributed()
         for name, module in self.modules.items():
@@ -81,6 +94,30 @@ class CPUDistributedMixin(DistributedWrapHook):
                     module, device_ids=None,
                     find_unused_parameters=self.find_unused_parameters,
                 )
+
+
+def uses_layerdrop(modules):
+    """Whether a trainable module of ``modules`` (a dict or ModuleDict) has a
+    part with ``layerdrop_prob`` > 0 (our encoder's LayerDrop).
+
+    Example
+    -------
+    >>> from lobes.nnet.encoder import ConformerEncoder
+    >>> enc = ConformerEncoder("fastformer", num_layers=1, d_model=16, nhead=2,
+    ...                        d_ffn=32, kernel_size=3, layerdrop_prob=0.05)
+    >>> uses_layerdrop({"encoder": enc, "head": torch.nn.Linear(16, 4)})
+    True
+    >>> _ = enc.requires_grad_(False)  # frozen (a probe's encoder)
+    >>> uses_layerdrop({"encoder": enc})
+    False
+    """
+    for module in modules.values():
+        for part in unwrap(module).modules():
+            if getattr(part, "layerdrop_prob", 0) > 0 and any(
+                p.requires_grad for p in part.parameters()
+            ):
+                return True
+    return False
 
 
 @register_checkpoint_hooks
@@ -103,7 +140,9 @@ class _TrainStats:
         epoch: nothing to restore)."""
         self.brain._resumed_train_stats = None
         if not end_of_epoch:
-            self.brain._resumed_train_stats = torch.load(path, weights_only=False)["stats"]
+            self.brain._resumed_train_stats = load_tensors(
+                path, what="training statistics file"
+            )["stats"]
 
 
 class ResumableTrainStatsMixin:
@@ -117,7 +156,8 @@ class ResumableTrainStatsMixin:
     checkpoint is recovered, given back by ``restore_train_stats``, which the
     recipe calls in ``on_stage_start`` after resetting its statistics.
 
-    Subclasses define ``train_stats_state()`` (picklable) and
+    Subclasses define ``train_stats_state()`` (tensors, numbers, strings,
+    lists and dicts only: it is loaded with ``weights_only=True``) and
     ``load_train_stats_state(state)``. Under DDP the main process's
     statistics are saved (those it logs).
     """

@@ -2,15 +2,28 @@
 
 ``BestRQBrain`` implements one BEST-RQ step on a batch of waveforms:
 
-1. fbank features (``compute_features``), global mean/variance
-   normalisation (``normalize``), padded frames zeroed;
+1. fbank features (``compute_features``), normalisation (``normalize``,
+   ``lobes.nnet.normalization.FeatureNormalizer``), time padded with zero
+   frames to a multiple of ``stack_frames`` at the end (``pad_side:
+   right``) or at the start (``left``, the authors'), padded frames zeroed
+   (with the encoder's ``padding_isolation``);
 2. targets: the frozen ``quantizer`` on 4 stacked frames (40 ms), computed on
    the clean features;
 3. span masking (one set of spans per batch, within its shortest utterance,
    as the authors did; ``mask_per_utterance`` masks each utterance over its
-   own length), masked frames replaced by N(noise_mean, noise_std) noise;
-4. the ``encoder`` (any token mixer) and the linear ``head`` predict the codes;
+   own length), masked frames replaced by N(noise_mean, noise_std) noise.
+   Utterance lengths for the mask: ``mask_lengths: samples`` (the authors':
+   N_i // hop + 1 frames from each utterance's sample count) or ``relative``
+   (round(w_i T0) from the relative length w_i);
+4. the ``encoder`` (any token mixer) and the linear ``head`` predict the
+   codes. Its valid lengths: ``encoder_lengths: frames`` (the fbank frames
+   of each utterance) or ``authors`` (the relative waveform lengths w_i, of
+   which the encoder marks round(w_i T') frames valid without
+   ``padding_isolation``: the authors' and SpeechBrain's rule);
 5. cross-entropy and accuracy on masked, non-padded frames.
+
+``draw_span_mask`` and ``draw_mask_noise`` draw the mask and the noise (the
+hooks a test overrides to give both).
 
 While it trains, the step log (``train_steps_log.txt``, every
 ``log_interval`` optimizer steps) and the progress bar show the health
@@ -45,6 +58,7 @@ from lobes.brains.mixins import (
     unwrap,
 )
 from lobes.nnet.bestrq import (
+    PAD_SIDES,
     HealthStats,
     compute_span_mask,
     masked_prediction_loss,
@@ -55,6 +69,14 @@ from lobes.utils.speechbrain_private import live_progress_bars
 
 logger = get_logger(__name__)
 
+# The switches of the authors' behaviour: hparams key -> valid values (the
+# first is the recipes' default; see the README's fidelity table).
+SWITCHES = {
+    "pad_side": PAD_SIDES,
+    "encoder_lengths": ("frames", "authors"),
+    "mask_lengths": ("samples", "relative"),
+}
+
 
 class BestRQBrain(
     EpochSeededBatchesMixin, CPUDistributedMixin, ResumableTrainStatsMixin, sb.Brain
@@ -64,13 +86,26 @@ class BestRQBrain(
     Expects ``modules`` with ``encoder`` (``lobes.nnet.encoder.ConformerEncoder``),
     ``head`` (Linear d_model -> codebook size), ``quantizer``
     (``lobes.nnet.bestrq.RandomProjectionQuantizer``) and ``normalize``
-    (``speechbrain.processing.features.InputNormalization``), and hparams
-    ``compute_features``, ``stack_frames``, ``mask_prob``, ``mask_length``,
-    ``mask_per_utterance``, ``noise_mean``, ``noise_std``, ``lr_annealing``, ``epoch_counter``,
-    ``train_steps_logger``, ``train_logger`` and ``log_interval``.
+    (``lobes.nnet.normalization.FeatureNormalizer``), and hparams
+    ``compute_features``, ``sample_rate``, ``hop_length``, ``stack_frames``,
+    ``pad_side``, ``encoder_lengths``, ``mask_lengths``, ``mask_prob``,
+    ``mask_length``, ``mask_per_utterance``, ``noise_mean``, ``noise_std``,
+    ``lr_annealing``, ``epoch_counter``, ``train_steps_logger``,
+    ``train_logger`` and ``log_interval``.
 
     Under DDP the health signals are those of the main process's batches.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, valid in SWITCHES.items():
+            value = getattr(self.hparams, key, None)
+            if value not in valid:
+                raise ValueError(
+                    f"{key}: {value!r} in the YAML; valid values: "
+                    f"{', '.join(valid)} (the README's fidelity table says which "
+                    "is the authors')."
+                )
 
     def on_fit_start(self):
         """Logs the encoder's mixer and size, then recovers the checkpoint."""
@@ -97,32 +132,32 @@ class BestRQBrain(
         feats = self.modules.normalize(
             feats, wav_lens, epoch=self.hparams.epoch_counter.current
         )
-        frames = torch.round(wav_lens * feats.shape[1]).long()
-        feats = pad_to_multiple(feats, stack)
+        T0 = feats.shape[1]
+        frames = torch.round(wav_lens * T0).long()
+        # With left padding the p zero frames are a silent prefix of every
+        # utterance: each one ends at frame p + n_i of the padded batch.
+        left = (-T0) % stack if self.hparams.pad_side == "left" else 0
+        feats = pad_to_multiple(feats, stack, side=self.hparams.pad_side)
         B, T, _ = feats.shape
+        ends = frames + left
         encoder = unwrap(self.modules.encoder)
         if encoder.padding_isolation:  # else padded frames as the authors had
-            feats = feats * length_to_mask(frames, T).bool().unsqueeze(-1)
+            feats = feats * length_to_mask(ends, T).bool().unsqueeze(-1)
 
         targets = self.modules.quantizer(stack_frames(feats, stack))
         try:
-            mask = compute_span_mask(
-                frames,
-                T,
-                self.hparams.mask_prob,
-                self.hparams.mask_length,
-                per_utterance=self.hparams.mask_per_utterance,
-            )
+            mask = self.draw_span_mask(self.mask_frame_lengths(wavs, wav_lens, frames), T)
         except ValueError as err:
             raise ValueError(f"Batch with utterances {batch.id}: {err}") from err
         if stage == sb.Stage.TRAIN:  # for the health statistics
             self.frame_counts = (int(mask.sum()), int(frames.sum()))
-        noise = torch.randn_like(feats) * self.hparams.noise_std
-        feats = torch.where(
-            mask.unsqueeze(-1), noise + self.hparams.noise_mean, feats
-        )
+        feats = torch.where(mask.unsqueeze(-1), self.draw_mask_noise(feats), feats)
 
-        enc = self.modules.encoder(feats, frames / T)
+        if self.hparams.encoder_lengths == "authors":
+            lengths = wav_lens  # round(w_i T') frames valid (no isolation)
+        else:
+            lengths = ends / T
+        enc = self.modules.encoder(feats, lengths)
         logits = self.modules.head(enc)
         loss_mask = mask.view(B, T // stack, stack).any(dim=-1)
         if logits.shape[1] != loss_mask.shape[1]:
@@ -132,6 +167,37 @@ class BestRQBrain(
                 "`stack_frames` equal to the front-end's total stride."
             )
         return logits, targets, loss_mask
+
+    def mask_frame_lengths(self, wavs, wav_lens, frames):
+        """Frames of each utterance for the span mask (in the coordinates of
+        the padded batch, from its first frame, as the authors').
+
+        ``mask_lengths: samples`` (the authors' collate function): N_i // hop
+        + 1 with N_i = round(w_i * samples) the utterance's sample count and
+        hop the fbank hop in samples, the frames of the utterance alone.
+        ``relative``: ``frames``, round(w_i T0) of the padded batch's T0.
+        """
+        if self.hparams.mask_lengths == "relative":
+            return frames
+        hop = round(self.hparams.sample_rate * self.hparams.hop_length / 1000)
+        samples = torch.round(wav_lens * wavs.shape[1]).long()
+        return torch.div(samples, hop, rounding_mode="floor") + 1
+
+    def draw_span_mask(self, frame_lengths, max_len):
+        """The (B, T) span mask of a batch (``compute_span_mask``) for
+        ``frame_lengths`` (B,) frames of a padded length ``max_len``."""
+        return compute_span_mask(
+            frame_lengths,
+            max_len,
+            self.hparams.mask_prob,
+            self.hparams.mask_length,
+            per_utterance=self.hparams.mask_per_utterance,
+        )
+
+    def draw_mask_noise(self, feats):
+        """Noise of the shape of ``feats``, N(noise_mean, noise_std): what
+        replaces the masked frames."""
+        return torch.randn_like(feats) * self.hparams.noise_std + self.hparams.noise_mean
 
     def compute_objectives(self, predictions, batch, stage):
         """Masked cross-entropy; accumulates the masked-frame accuracy."""

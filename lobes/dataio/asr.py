@@ -14,6 +14,10 @@ import torch
 from speechbrain.dataio.encoder import CTCTextEncoder
 
 from lobes.dataio.audio import filter_by_duration
+from lobes.dataio.manifest import dataset_from_csv
+
+# Every ASR manifest (LibriSpeech, Buckeye, Common Voice): checked before use.
+ASR_COLUMNS = ("ID", "duration", "wav", "wrd")
 
 
 def load_datasets(hparams):
@@ -44,7 +48,7 @@ def load_datasets(hparams):
     ValueError
         An unknown ``sorting``.
     """
-    train_data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams["train_csv"])
+    train_data = dataset_from_csv(hparams["train_csv"], ASR_COLUMNS)
     limits = {
         "min_duration": hparams["avoid_if_shorter_than"],
         "max_duration": hparams["avoid_if_longer_than"],
@@ -61,15 +65,15 @@ def load_datasets(hparams):
         raise ValueError(
             f"sorting: {hparams['sorting']!r} in the YAML; use random, ascending or descending."
         )
-    valid_data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams["valid_csv"])
+    valid_data = dataset_from_csv(hparams["valid_csv"], ASR_COLUMNS)
     valid_data = valid_data.filtered_sorted(sort_key="duration")
     test_csvs = hparams["test_csv"]
     if isinstance(test_csvs, (str, Path)):
         test_csvs = [test_csvs]
     test_datasets = {}
     for csv_file in test_csvs:
-        test_datasets[Path(csv_file).stem] = sb.dataio.dataset.DynamicItemDataset.from_csv(
-            csv_file
+        test_datasets[Path(csv_file).stem] = dataset_from_csv(
+            csv_file, ASR_COLUMNS
         ).filtered_sorted(sort_key="duration")
     return train_data, valid_data, test_datasets
 

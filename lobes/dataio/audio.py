@@ -35,6 +35,8 @@ import torch
 import torchaudio
 from speechbrain.utils.logger import get_logger
 
+from lobes.utils.progress import progress
+
 logger = get_logger(__name__)
 _warned_rates = set()
 
@@ -385,7 +387,10 @@ def scan_audio(
     if check_audio:
         logger.info(f"{what}: decoding {len(paths)} audio files to check them ...")
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        results = list(pool.map(check, paths))
+        results = list(progress(
+            pool.map(check, paths), total=len(paths), unit="file",
+            desc=f"{what}: {'decoding' if check_audio else 'reading headers of'} audio files",
+        ))
     infos = {p: info for p, (info, _) in zip(paths, results) if info is not None}
     bad = [(p, reason) for p, (_, reason) in zip(paths, results) if reason is not None]
     if check_audio:

@@ -38,6 +38,8 @@ from pathlib import Path
 from speechbrain.utils.logger import get_logger
 
 from lobes.dataio.audio import scan_audio
+from lobes.dataio.manifest import write_csv
+from lobes.utils.safe_io import write_text_atomic
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
@@ -274,7 +276,7 @@ def _load_opts(save_folder):
 
 
 def _save_opts(save_folder, done):
-    (Path(save_folder) / OPTS_FILE).write_text(json.dumps(done, indent=1))
+    write_text_atomic(Path(save_folder) / OPTS_FILE, json.dumps(done, indent=1))
 
 
 def _split_rows(data_folder, split, num_workers, check_audio=False,
@@ -334,11 +336,6 @@ def _split_rows(data_folder, split, num_workers, check_audio=False,
 
 
 def _write_csv(path, rows):
-    """Writes the CSV atomically (a killed run leaves no partial CSV)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(HEADER)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """Writes the CSV atomically (a killed run or a full disk leaves no
+    partial CSV; a full disk stops with one message)."""
+    write_csv(path, HEADER, rows)

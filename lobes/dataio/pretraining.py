@@ -9,6 +9,7 @@ import speechbrain as sb
 
 from lobes.dataio.audio import filter_by_duration, load_audio
 from lobes.dataio.batching import train_loader_kwargs
+from lobes.dataio.manifest import dataset_from_csv
 
 
 def dataio_prepare(hparams):
@@ -27,8 +28,8 @@ def dataio_prepare(hparams):
     """
     datasets = {}
     for split in ("train", "valid"):
-        data = sb.dataio.dataset.DynamicItemDataset.from_csv(
-            csv_path=hparams[f"{split}_csv"]
+        data = dataset_from_csv(  # checked first: columns, IDs, files
+            hparams[f"{split}_csv"], number_columns=("duration", "start", "stop")
         )
         data = filter_by_duration(
             data,

@@ -8,7 +8,10 @@ Two layouts hold the same model (``model.ckpt`` of a ``CKPT+...`` folder, a
 * ``speechbrain``: SpeechBrain 1.1's own BEST-RQ recipe
   (``recipes/LibriSpeech/self-supervised-learning/BEST-RQ``), attention
   ``RelPosMHAXL`` (our ``mhsa``) or ``hypermixing``. Its YAML sets
-  ``conformer_activation`` to GELU and ``encoder_layerdrop`` to 0.
+  ``conformer_activation`` to GELU and ``encoder_layerdrop`` to 0. Its
+  models with one of our mixers put in by
+  ``lobes.nnet.speechbrain_adapter.replace_attention`` convert too (each
+  ``mha_layer`` records its mixer, heads and arguments).
 * ``authors``: the fork of the BEST-RQ study (``whettenr/speechbrain-fork``,
   branches ``alt-attention`` and ``summary-mixing``), which adds
   ``fastattention`` (our ``fastformer``), ``SummaryMixing`` and bidirectional
@@ -46,6 +49,8 @@ import torch
 import yaml
 
 from lobes.nnet.encoder import ConformerEncoder
+from lobes.utils.progress import Steps
+from lobes.utils.safe_io import disk_full_error, is_write_failure, load_tensors
 
 LAYOUTS = {
     # activation, LayerDrop of 12 / 24 layers (their YAMLs; no trace in weights)
@@ -132,6 +137,9 @@ def split_source(state):
 
 def detect_mixer(layer):
     """Our mixer name for the keys of one source layer's ``mha_layer``."""
+    extra = layer.get("mha_layer._extra_state")
+    if isinstance(extra, dict) and extra.get("mixer"):
+        return extra["mixer"]  # our MixerAttention (lobes.nnet.speechbrain_adapter)
     keys = {k.split("mha_layer.", 1)[1] for k in layer if "mha_layer." in k}
     if "pos_bias_u" in keys:
         return "mhsa"
@@ -196,7 +204,11 @@ def infer_config(frontend, transformer, layout, activation=None):
         "mixer_kwargs": {},
     }
     m = "mha_layer."
-    if mixer == "mhsa":
+    extra = l0.get(m + "_extra_state")
+    if isinstance(extra, dict):  # our MixerAttention records its arguments
+        cfg["nhead"] = extra["nhead"]
+        cfg["mixer_kwargs"] = dict(extra["mixer_kwargs"])
+    elif mixer == "mhsa":
         cfg["nhead"] = l0[m + "pos_bias_u"].shape[1]
     elif mixer == "hypermixing":
         fc2 = l0[m + "hyper.w1_gen.fc2_weights"]
@@ -231,6 +243,8 @@ def infer_config(frontend, transformer, layout, activation=None):
 
 def _mixer_key(mixer, rest):
     """Our key (below ``mixer.``) for a source key below ``mha_layer.``."""
+    if rest.startswith("mixer."):  # our MixerAttention: our mixer's own keys
+        return rest[len("mixer."):]
     if mixer == "mhsa":
         return "attn." + rest
     if mixer.startswith("summarymixing"):
@@ -277,6 +291,8 @@ def map_state(frontend, transformer, mixer):
         for src, dst in LAYER_PARTS.items():
             if rest.startswith(src):
                 ours = dst + rest[len(src):]
+        if rest == "mha_layer._extra_state":  # MixerAttention's record, read above
+            continue
         if rest.startswith("mha_layer."):
             sub = _mixer_key(mixer, rest[len("mha_layer."):])
             ours = None if sub is None else "mixer." + sub
@@ -316,20 +332,27 @@ def convert_checkpoint(checkpoint, out_folder, layout="authors", activation=None
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: use one of {', '.join(LAYOUTS)}")
     model_file, normalizer_file = find_checkpoint(checkpoint)
+    # then the export's own bar: each step of a large model takes seconds
+    steps = Steps(f"Converting {model_file}", [
+        "reading the checkpoint", "building our encoder, mapping the weights",
+        "writing the converted weights"])
     if normalizer_file is None:
         raise FileNotFoundError(
             f"No normaliser statistics beside {model_file} (normalizer.ckpt or "
             "normalize.ckpt): the converted encoder needs the pretraining's "
             "feature statistics."
         )
-    stats = torch.load(normalizer_file, map_location="cpu", weights_only=False)
-    if not torch.is_tensor(stats.get("glob_mean")) or stats["glob_mean"].numel() == 0:
+    stats = load_tensors(normalizer_file, what="normaliser statistics file")
+    if not isinstance(stats, dict) or not torch.is_tensor(stats.get("glob_mean")) or stats["glob_mean"].numel() == 0:
         raise ValueError(
             f"{normalizer_file} holds no global feature statistics (a "
             "norm_type: sentence normaliser?): this package's encoders expect "
             "globally normalised features."
         )
-    state = torch.load(model_file, map_location="cpu", weights_only=False)
+    state = load_tensors(model_file, what="checkpoint")
+    if not isinstance(state, dict):
+        raise ValueError(f"{model_file} holds a {type(state).__name__}, not a state dict.")
+    steps.done()
     frontend, transformer = split_source(state)
     config = infer_config(frontend, transformer, layout, activation)
     config["padding_isolation"] = padding_isolation
@@ -355,9 +378,21 @@ def convert_checkpoint(checkpoint, out_folder, layout="authors", activation=None
     for key in computed:
         mapped[key] = ours[key]
     encoder.load_state_dict(mapped)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save(encoder.state_dict(), Path(tmp) / "encoder.ckpt")
-        torch.save(stats, Path(tmp) / "normalizer.ckpt")
+    steps.done()
+    # The converted weights go beside the output (not to /tmp, which may be
+    # small), in a hidden folder removed whatever happens.
+    parent = Path(out_folder).absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".partial-convert-", dir=parent) as tmp:
+        try:
+            torch.save(encoder.state_dict(), Path(tmp) / "encoder.ckpt")
+            torch.save(stats, Path(tmp) / "normalizer.ckpt")
+        except (OSError, RuntimeError) as err:
+            if is_write_failure(err):
+                raise disk_full_error(parent, f"the converted encoder of {model_file}", err) from None
+            raise
+        steps.done()
+        steps.close()
         return export_encoder(tmp, out_folder)
 
 
@@ -382,7 +417,7 @@ def main(argv=None):
     try:
         out = convert_checkpoint(args.checkpoint, args.out, args.layout, args.activation,
                                  args.padding_isolation == "true")
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, OSError) as err:
         print(f"lobes.deploy.convert: error: {err}", file=sys.stderr)
         return 1
     print(f"Converted into {out}")

@@ -9,7 +9,9 @@ exactly that encoder. ``export_encoder`` writes such a folder::
     <out_folder>/
         encoder.ckpt      encoder state dict (keys without prefix; its
                           `_extra_state` holds every constructor argument)
-        normalizer.ckpt   InputNormalization global statistics (its _save format)
+        normalizer.ckpt   the feature normalisation: method (authors, pooled,
+                          sentence) and statistics
+                          (``lobes.nnet.normalization.FeatureNormalizer``)
         hyperparams.yaml  Fbank + normaliser + encoder + `modules` +
                           `pretrainer`: loads with
                           ``lobes.deploy.inference.BestRQEncoder.from_hparams``
@@ -40,7 +42,6 @@ from pathlib import Path
 import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.processing.features import InputNormalization
 from speechbrain.utils.logger import get_logger
 
 from lobes.deploy.loading import (
@@ -48,7 +49,9 @@ from lobes.deploy.loading import (
     load_pretrained,
     resolve_checkpoint,
 )
-from lobes.utils.speechbrain_private import save_normalizer
+from lobes.nnet.normalization import FeatureNormalizer
+from lobes.utils.progress import Steps
+from lobes.utils.safe_io import atomic_folder
 
 logger = get_logger(__name__)
 
@@ -68,10 +71,9 @@ compute_features: !new:speechbrain.lobes.features.Fbank
     n_mels: !ref <encoder_config[n_mels]>
     hop_length: !ref <hop_length>
 
-# Global mean/variance normalisation with the pretraining statistics
-# (normalizer.ckpt). Used in eval mode only: never updated.
-normalizer: !new:speechbrain.processing.features.InputNormalization
-    norm_type: global
+# The pretraining's normalisation, method and statistics from
+# normalizer.ckpt. Used in eval mode only: never updated.
+normalizer: !new:lobes.nnet.normalization.FeatureNormalizer
 
 modules:
     compute_features: !ref <compute_features>
@@ -147,8 +149,17 @@ def hparams_yaml(config, source, n_params):
     return header + yaml.safe_dump(values, sort_keys=False) + HPARAMS_BODY
 
 
-def _model_card(encoder_args, n_params, ckpt_meta, data_meta):
+NORMALIZATIONS = {
+    "authors": "global, the BEST-RQ study's statistics (per-utterance mean and "
+    "unbiased std averaged over utterances and batches)",
+    "pooled": "global, SpeechBrain 1.1's statistics (mean and std of every frame)",
+    "sentence": "per utterance (its own mean and std)",
+}
+
+
+def _model_card(encoder_args, n_params, ckpt_meta, data_meta, normalization="pooled"):
     """Text of the exported folder's README.md."""
+    normalization = f"{normalization}: {NORMALIZATIONS[normalization]}"
     mixer = encoder_args["mixer"]
     steps = ckpt_meta.get("steps", "unknown")
     if data_meta.get("hours") is not None:
@@ -168,6 +179,7 @@ def _model_card(encoder_args, n_params, ckpt_meta, data_meta):
         ("positional encoding", encoder_args["positional_encoding"]),
         ("activation", encoder_args["activation"]),
         ("padding isolation", encoder_args["padding_isolation"]),
+        ("feature normalisation", normalization),
         ("mixer arguments", encoder_args.get("mixer_kwargs") or {}),
         ("encoder parameters", f"{n_params / 1e6:.2f}M ({n_params})"),
         ("hidden states", f"{encoder_args['num_layers'] + 1} (input of layer 1, then each layer), 40 ms frames"),
@@ -188,7 +200,7 @@ tags: [self-supervised-learning, best-rq, conformer, {mixer}]
 A BEST-RQ self-supervised speech encoder whose token mixer is `{mixer}`
 (*An Analysis of Linear Complexity Attention Substitutes with BEST-RQ*,
 Whetten et al., SLT 2024). Input: 16 kHz mono audio; features: 80 fbank
-(10 ms), globally normalised with the pretraining statistics; output: the
+(10 ms), normalised as in pretraining (see the table); output: the
 hidden states of every layer at 40 ms.
 
 | | |
@@ -217,7 +229,8 @@ MP3S probing and fine-tuning recipes take this folder as `--pretrained_path`
 sizes).
 
 Files: `encoder.ckpt` (encoder state dict), `normalizer.ckpt` (feature
-statistics), `hyperparams.yaml` (the definition loaded by `from_hparams`).
+normalisation method and statistics), `hyperparams.yaml` (the definition
+loaded by `from_hparams`).
 """
 
 
@@ -230,7 +243,8 @@ def export_encoder(checkpoint, out_folder):
         A pretraining ``save`` folder (its latest ``CKPT+...`` is used), one
         ``CKPT+...`` folder, or an exported folder.
     out_folder : str or Path
-        Where to write the model folder (created; files overwritten).
+        Where to write the model folder (created; its files replaced only
+        once the new ones are complete and load).
 
     Returns
     -------
@@ -245,16 +259,19 @@ def export_encoder(checkpoint, out_folder):
     >>> enc = ConformerEncoder("fastformer", num_layers=1, d_model=16, nhead=2,
     ...                        d_ffn=32, kernel_size=3)
     >>> torch.save(enc.state_dict(), ckpt / "encoder.ckpt")
-    >>> norm = InputNormalization()
+    >>> norm = FeatureNormalizer("authors")
     >>> _ = norm(torch.rand(2, 10, 80))
-    >>> from lobes.utils.speechbrain_private import save_normalizer
-    >>> save_normalizer(norm, ckpt / "normalizer.ckpt")
+    >>> norm.save(ckpt / "normalizer.ckpt")
     >>> out = export_encoder(ckpt, ckpt / "exported")
     >>> sorted(p.name for p in out.iterdir())
     ['README.md', 'encoder.ckpt', 'hyperparams.yaml', 'normalizer.ckpt']
     """
     checkpoint, out_folder = Path(checkpoint).absolute(), Path(out_folder)
     encoder_file, normalizer_file, _ = resolve_checkpoint(checkpoint)
+    # ~1 min for a 24-layer encoder on a CPU: each step on a bar
+    steps = Steps(f"Exporting to {out_folder}", [
+        "building the encoder of the checkpoint", "writing the model folder",
+        "loading it back, strictly", "writing the model card"])
     if normalizer_file is None:
         raise FileNotFoundError(
             f"No normaliser statistics beside {encoder_file} (normalize.ckpt "
@@ -262,33 +279,43 @@ def export_encoder(checkpoint, out_folder):
             "normalised with the pretraining statistics."
         )
     encoder = encoder_from_checkpoint(checkpoint)
-    normalizer = InputNormalization(norm_type="global")
+    normalizer = FeatureNormalizer()  # the checkpoint's method
     load_pretrained(checkpoint, encoder, normalizer)
-    if normalizer.glob_mean.numel() == 0:
+    steps.done()
+    if not normalizer.has_statistics():
         raise ValueError(
             f"{normalizer_file} holds no statistics (the normaliser never saw "
             "a batch): was the checkpoint saved before training started?"
         )
     if out_folder.absolute() == encoder_file.parent.absolute():
         raise ValueError(f"--out {out_folder} is the checkpoint folder itself.")
-    out_folder.mkdir(parents=True, exist_ok=True)
-    torch.save(encoder.state_dict(), out_folder / "encoder.ckpt")
-    save_normalizer(normalizer, out_folder / "normalizer.ckpt")
     config = encoder.config
     n_params = sum(p.numel() for p in encoder.parameters())
-    yaml_path = out_folder / "hyperparams.yaml"
-    yaml_path.write_text(
-        hparams_yaml(config, encoder_file.parent, n_params), encoding="utf-8"
-    )
-    # The folder must rebuild this encoder: load it back, strictly.
-    with open(yaml_path, encoding="utf-8") as fin:
-        built = load_hyperpyyaml(fin)
-    load_pretrained(out_folder, built["encoder"], built["normalizer"])
+    # Written in a hidden folder beside out_folder and loaded back, then
+    # moved into it: a full disk leaves nothing half-written.
+    needed = sum(t.numel() * t.element_size() for t in encoder.state_dict().values()
+                 if torch.is_tensor(t))
+    with atomic_folder(out_folder, what="the model folder", needed=needed) as tmp:
+        torch.save(encoder.state_dict(), tmp / "encoder.ckpt")
+        normalizer.save(tmp / "normalizer.ckpt")
+        steps.done()
+        yaml_path = tmp / "hyperparams.yaml"
+        yaml_path.write_text(
+            hparams_yaml(config, encoder_file.parent, n_params), encoding="utf-8"
+        )
+        # The folder must rebuild this encoder: load it back, strictly.
+        with open(yaml_path, encoding="utf-8") as fin:
+            built = load_hyperpyyaml(fin)
+        load_pretrained(tmp, built["encoder"], built["normalizer"])
+        steps.done()
 
-    (out_folder / "README.md").write_text(
-        _model_card(config, n_params, checkpoint_metadata(checkpoint), data_metadata(checkpoint)),
-        encoding="utf-8",
-    )
+        (tmp / "README.md").write_text(
+            _model_card(config, n_params, checkpoint_metadata(checkpoint),
+                        data_metadata(checkpoint), normalizer.method),
+            encoding="utf-8",
+        )
+    steps.done()
+    steps.close()
     logger.info(
         f"Exported the {config['mixer']} encoder of {encoder_file.parent} "
         f"({n_params / 1e6:.2f}M parameters) to {out_folder}"
@@ -314,7 +341,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         out = export_encoder(args.checkpoint, args.out)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         print(f"lobes.deploy.export: error: {err}", file=sys.stderr)
         return 1
     print(f"Exported to {out}")

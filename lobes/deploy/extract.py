@@ -22,7 +22,9 @@ otherwise ``--out`` is a folder and each file is named after its input
 and inputs that differ only by extension, ``a.wav`` and ``a.mp3``, keep it:
 ``a.wav.pt``, ``a.mp3.pt``).
 
-``--skip_errors`` reports unreadable audio files and goes on; the command
+``--skip_errors`` reports each file that fails (unreadable audio, audio too
+short to give one encoder frame, any other error of that file) and goes on;
+the command
 then exits with status 2 when files were skipped (so that scripts notice),
 unless ``--allow_skipped`` is given too.
 
@@ -45,6 +47,7 @@ import torch
 from tqdm import tqdm
 
 from lobes.dataio.audio import AudioReadError
+from lobes.utils.safe_io import first_line, load_tensors, save_atomic
 
 LAYER_MODES = ("all", "last", "weighted")
 
@@ -137,7 +140,7 @@ def parse_layer_weights(spec):
         return None
     path = Path(spec)
     if path.is_file():
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_tensors(path, what="layer weights file")
         if isinstance(obj, dict):
             if "weights" not in obj:
                 raise ValueError(
@@ -174,7 +177,8 @@ def extract(
     layer_weights : torch.Tensor, optional
         L+1 weights, needed for ``weighted``.
     skip_errors : bool
-        Report unreadable audio files and go on, instead of stopping.
+        Report each file that fails (unreadable, too short, any error of
+        that file) and go on, instead of stopping.
     model_source : str, optional
         The model folder, recorded in each output file.
 
@@ -183,7 +187,7 @@ def extract(
     written : list of Path
         The files written.
     skipped : list of str
-        ``"<file>: <error>"`` of each unreadable file (``skip_errors``).
+        ``"<file>: <error>"`` of each file that failed (``skip_errors``).
     """
     if layers not in LAYER_MODES:
         raise ValueError(f"--layers {layers!r}: use one of {LAYER_MODES}")
@@ -204,10 +208,19 @@ def extract(
             enc = model.encode_file(
                 wav, layer_weights if layers == "weighted" else None
             )
-        except AudioReadError as err:
+        except Exception as err:  # any failure of this one file
+            if isinstance(err, (AudioReadError, ValueError)):
+                message = str(err).removeprefix(f"{wav}: ")
+            else:
+                message = f"{type(err).__name__}: {first_line(err)}"
             if not skip_errors:
+                if isinstance(err, AudioReadError):
+                    raise
+                if isinstance(err, ValueError):
+                    raise ValueError(f"{wav}: {message}") from None
+                err.add_note(f"(while encoding {wav}; --skip_errors skips such files)")
                 raise
-            failed.append(f"{wav}: {err}")
+            failed.append(f"{wav}: {message}")
             continue
         frames = int(enc.frames[0])
         if layers == "all":
@@ -216,16 +229,24 @@ def extract(
             feats = enc.hidden_states[-1][0, :frames]
         else:
             feats = enc.weighted_sum[0, :frames]
-        torch.save(
-            {
-                "features": feats.cpu(),
-                "layers": layers,
-                "wav": str(wav),
-                "frame_shift_s": 0.04,
-                "model": str(model_source or ""),
-            },
-            target,
-        )
+        try:
+            save_atomic(
+                {
+                    "features": feats.cpu(),
+                    "layers": layers,
+                    "wav": str(wav),
+                    "frame_shift_s": 0.04,
+                    "model": str(model_source or ""),
+                },
+                target,
+                what=f"the features of {wav}",
+            )
+        except OSError as err:
+            raise OSError(
+                err.errno,
+                f"{err.strerror} {len(written)} of {len(wavs)} feature files were "
+                f"written before ({target.parent}); each is complete.",
+            ) from None
         written.append(target)
     for message in failed:
         print(f"skipped {message}", file=sys.stderr)
@@ -260,7 +281,7 @@ def main(argv=None):
     )
     parser.add_argument(
         "--skip_errors", action="store_true",
-        help="report unreadable audio files and continue (exit status 2 if "
+        help="report each file that fails (unreadable, too short...) and continue (exit status 2 if "
         "any was skipped, unless --allow_skipped)",
     )
     parser.add_argument(
@@ -283,14 +304,14 @@ def main(argv=None):
             model, wavs, Path(args.out), args.layers, weights,
             args.skip_errors, model_source=args.model,
         )
-    except (FileNotFoundError, ValueError, AudioReadError) as err:
+    except (OSError, ValueError, AudioReadError) as err:
         print(f"lobes.deploy.extract: error: {err}", file=sys.stderr)
         return 1
     print(f"Wrote {len(written)} feature file(s) to {args.out}")
     if skipped:
         print(
             f"lobes.deploy.extract: {len(skipped)} of {len(wavs)} file(s) skipped "
-            "(unreadable audio, listed above)"
+            "(listed above)"
             + ("" if args.allow_skipped else "; exit status 2 (--allow_skipped for 0)"),
             file=sys.stderr,
         )

@@ -35,6 +35,7 @@ from speechbrain.inference.interfaces import Pretrained
 
 from lobes.dataio.audio import load_audio
 from lobes.deploy.loading import log_loaded_checkpoint
+from lobes.utils.safe_io import load_tensors
 
 
 class EncodedBatch(NamedTuple):
@@ -82,7 +83,7 @@ def load_encoder_checkpoint(encoder, path):
     ValueError: ...d_model: checkpoint 16 vs this model 24...
     """
     log_loaded_checkpoint(Path(path).resolve())  # path and pretraining step
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, what="encoder checkpoint")
     try:
         encoder.load_state_dict(state)
     except (ValueError, RuntimeError) as err:
@@ -93,21 +94,57 @@ def load_encoder_checkpoint(encoder, path):
         ) from None
 
 
+def _run_folder_message(folder, hparams_file="hyperparams.yaml"):
+    """If ``folder`` is a training run's output folder rather than a model
+    folder: where its model folder is, or how to write one. Else None."""
+    from lobes.recipe import _plain_yaml
+
+    yaml_file = folder / hparams_file
+    doc = {}
+    if yaml_file.is_file():
+        try:
+            doc = _plain_yaml(yaml_file.read_text(encoding="utf-8"))
+        except Exception:  # not YAML: the loading says so
+            return None
+        if not isinstance(doc, dict) or "pretrainer" in doc:
+            return None  # a model folder
+    elif not (folder / "save").is_dir() and not any(folder.glob("CKPT+*")):
+        return None
+    exported = doc.get("export_folder")
+    candidates = [Path(exported)] if isinstance(exported, str) and exported else []
+    candidates.append(folder / "encoder")
+    for candidate in candidates:
+        if (candidate / hparams_file).is_file():
+            return (
+                f"{folder} is a training run's folder, not a model folder: its "
+                f"model folder is {candidate} (give that)."
+            )
+    save = folder / "save" if (folder / "save").is_dir() else folder
+    return (
+        f"{folder} is a training run's folder, not a model folder, and its "
+        f"encoder was not exported yet (pretraining exports it to "
+        f"{candidates[0]} when it ends). Export it: python -m "
+        f"lobes.deploy.export --checkpoint {save} --out {candidates[0]}"
+    )
+
+
 class BestRQEncoder(Pretrained):
     """A pretrained BEST-RQ encoder: waveforms to every layer's hidden states.
 
     Build it with ``BestRQEncoder.from_hparams(source=<model folder>)``
     (see ``lobes.deploy.export``). The folder's ``hyperparams.yaml`` provides
     ``modules`` ``compute_features`` (Fbank), ``normalizer``
-    (InputNormalization with the pretraining statistics) and ``encoder``
+    (``lobes.nnet.normalization.FeatureNormalizer``: the pretraining's
+    normalisation and statistics; SpeechBrain's ``InputNormalization`` in
+    folders exported before it) and ``encoder``
     (``lobes.nnet.encoder.ConformerEncoder``), and ``sample_rate``.
 
     Example
     -------
     >>> from speechbrain.lobes.features import Fbank
-    >>> from speechbrain.processing.features import InputNormalization
+    >>> from lobes.nnet.normalization import FeatureNormalizer
     >>> from lobes.nnet.encoder import ConformerEncoder
-    >>> norm = InputNormalization()
+    >>> norm = FeatureNormalizer("authors")
     >>> _ = norm(torch.rand(1, 10, 80))
     >>> enc = BestRQEncoder(
     ...     modules={"compute_features": Fbank(n_mels=80), "normalizer": norm,
@@ -135,18 +172,31 @@ class BestRQEncoder(Pretrained):
             )
 
     @classmethod
-    def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None, **kwargs):
+    def from_hparams(
+        cls, source, hparams_file="hyperparams.yaml", savedir=None, trust_yaml=False, **kwargs
+    ):
         """Loads a model folder (``lobes.deploy.export``); see ``Pretrained.from_hparams``.
 
         A local ``source`` that is not a folder, or has no ``hparams_file``,
         fails with a clear error (SpeechBrain would take it for a Hugging
-        Face model name and try to download it).
+        Face model name and try to download it); a pretraining run folder
+        is told where its model folder is.
+
+        The folder's ``hyperparams.yaml`` may come from anyone: before
+        HyperPyYAML builds it, it is checked to build only what
+        ``lobes.deploy.export`` writes (``lobes.deploy.model_yaml``), and
+        the weights are read with ``weights_only=True``, so that loading a
+        stranger's model folder runs none of its code. ``trust_yaml=True``
+        skips the YAML check, for a YAML of your own that builds more.
         """
         local = Path(str(source)).expanduser()
         looks_local = isinstance(source, Path) or str(source).startswith(
             ("/", ".", "~")
         )
         if local.is_dir():
+            run_folder = _run_folder_message(local, hparams_file)
+            if run_folder:
+                raise FileNotFoundError(run_folder)
             if not (local / hparams_file).is_file():
                 raise FileNotFoundError(
                     f"{local} has no {hparams_file}: is it a model folder "
@@ -158,6 +208,17 @@ class BestRQEncoder(Pretrained):
             raise FileNotFoundError(
                 f"Model folder {source} does not exist (write one with "
                 "`python -m lobes.deploy.export --checkpoint <save folder> --out <folder>`)."
+            )
+        if not trust_yaml:
+            from speechbrain.utils.fetching import fetch
+
+            from lobes.deploy.model_yaml import check_model_yaml
+
+            fetch_kwargs = {k: kwargs[k] for k in ("local_strategy", "fetch_config") if k in kwargs}
+            path = fetch(filename=hparams_file, source=source, savedir=savedir,
+                         save_filename=None, **fetch_kwargs)
+            check_model_yaml(
+                Path(path).read_text(encoding="utf-8"), str(path), kwargs.get("overrides")
             )
         return super().from_hparams(
             source, hparams_file=hparams_file, savedir=savedir, **kwargs
@@ -216,6 +277,7 @@ class BestRQEncoder(Pretrained):
                 )
         with torch.no_grad():
             feats = self.mods.compute_features(wavs)
+            self._check_long_enough(feats, wav_lens)
             feats = self.mods.normalizer(feats, wav_lens)
             with self.inference_ctx:
                 _, hidden = encoder(feats, wav_lens, return_hidden=True)
@@ -234,6 +296,39 @@ class BestRQEncoder(Pretrained):
             weighted_sum=weighted,
         )
 
+    def min_feature_frames(self):
+        """The fewest fbank frames (10 ms each) the encoder takes: its
+        front-end's reflect padding needs a few frames after each stride
+        (found once, on zeros)."""
+        if getattr(self, "_min_frames", None) is None:
+            encoder = self.mods.encoder
+            n_mels = (getattr(encoder, "config", None) or {}).get("n_mels", 80)
+            self._min_frames = 1
+            for frames in range(1, 257):
+                try:
+                    with torch.no_grad():
+                        encoder(torch.zeros(1, frames, n_mels, device=self.device), torch.ones(1, device=self.device))
+                except (IndexError, RuntimeError, ValueError):
+                    continue
+                self._min_frames = frames
+                break
+        return self._min_frames
+
+    def _check_long_enough(self, feats, wav_lens):
+        """Refuses, with a clear error, audio too short for one frame."""
+        T = feats.shape[1]
+        frames = torch.round(wav_lens.float() * T).long().clamp(0, T)
+        need = self.min_feature_frames()
+        short = [i for i, n in enumerate(frames.tolist()) if n < need]
+        if short:
+            seconds = [frames[i].item() * 0.01 for i in short]
+            raise ValueError(
+                f"Audio too short for this encoder: {len(short)} input(s) "
+                f"(batch index {short[:10]}) of {', '.join(f'{s * 1000:.0f} ms' for s in seconds[:10])}, "
+                f"give {', '.join(str(frames[i].item()) for i in short[:10])} feature frame(s); "
+                f"it needs at least {need} ({need * 10} ms of audio) to give one output frame."
+            )
+
     def encode_file(self, path, layer_weights=None):
         """Encodes one audio file (any sample rate; channels are averaged).
 
@@ -241,9 +336,25 @@ class BestRQEncoder(Pretrained):
         -------
         EncodedBatch
             With a batch of one.
+
+        Raises
+        ------
+        lobes.dataio.audio.AudioReadError
+            The file cannot be read.
+        ValueError
+            The audio is too short to give one encoder frame (named).
         """
         wav = self.load_audio(path)
-        return self.encode_batch(wav.unsqueeze(0), torch.ones(1), layer_weights)
+        try:
+            return self.encode_batch(wav.unsqueeze(0), torch.ones(1), layer_weights)
+        except ValueError as err:
+            if str(err).startswith("Audio too short"):
+                raise ValueError(
+                    f"{path}: {wav.shape[-1] / self.hparams.sample_rate * 1000:.0f} ms "
+                    f"of audio is too short for this encoder: it needs at least "
+                    f"{self.min_feature_frames() * 10} ms to give one output frame."
+                ) from None
+            raise
 
     def forward(self, wavs, wav_lens=None):
         """The hidden states of ``encode_batch`` (list of L+1 (B, T', D))."""

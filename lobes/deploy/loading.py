@@ -6,7 +6,8 @@ a user has at hand:
 
 * a pretraining checkpoint, ``<output_folder>/save/CKPT+...``: ``model.ckpt``
   holds the ``ModuleList [encoder, head]`` of the recipe (encoder keys start
-  with ``0.``), ``normalize.ckpt`` the global feature statistics;
+  with ``0.``), ``normalize.ckpt`` the feature normalisation (method and
+  statistics, ``lobes.nnet.normalization``);
 * a pretraining ``save`` folder: its latest ``CKPT+...`` is used (SSL
   pretraining keeps the latest model, as the paper's probes do), by the step
   and time recorded in it, never by file-system dates;
@@ -26,11 +27,12 @@ import datetime
 import re
 from pathlib import Path
 
-import torch
+import torch  # noqa: F401 (the examples use it)
 from speechbrain.utils.logger import get_logger
 
 from lobes.utils.checkpoint import checkpoint_progress
-from lobes.utils.speechbrain_private import load_normalizer
+from lobes.utils.safe_io import load_tensors
+from lobes.nnet.normalization import load_statistics
 
 ENCODER_PREFIX = "0."  # the encoder in the recipe's `model: [encoder, head]`
 logger = get_logger(__name__)
@@ -179,7 +181,12 @@ def encoder_state_dict(path):
     """The encoder's state dict (with its architecture record) from ``path``
     (any form accepted by ``resolve_checkpoint``)."""
     encoder_file, _, prefix = resolve_checkpoint(path)
-    state = torch.load(encoder_file, map_location="cpu", weights_only=False)
+    state = load_tensors(encoder_file, what="encoder checkpoint")
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{encoder_file} holds a {type(state).__name__}, not a state dict: "
+            "is it a checkpoint of the BEST-RQ recipe?"
+        )
     state = {
         k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
     }
@@ -279,8 +286,11 @@ def load_pretrained(path, encoder, normalizer=None):
         pretraining; a mismatch raises ``ValueError`` naming the difference.
         None loads the feature statistics only (the random-initialisation
         and fbank baselines of the probes).
-    normalizer : speechbrain.processing.features.InputNormalization, optional
-        Receives the pretraining's global feature statistics.
+    normalizer : lobes.nnet.normalization.FeatureNormalizer, optional
+        Receives the pretraining's feature normalisation: its method
+        (``authors``, ``pooled``, ``sentence``) and statistics, so that the
+        features are normalised as the encoder's were in pretraining
+        (SpeechBrain's ``InputNormalization`` takes global statistics).
 
     Returns
     -------
@@ -321,5 +331,5 @@ def load_pretrained(path, encoder, normalizer=None):
                 "(normalize.ckpt or normalizer.ckpt): the encoder expects "
                 "features normalised with the pretraining statistics."
             )
-        load_normalizer(normalizer, normalizer_file)
+        load_statistics(normalizer, normalizer_file)
     return encoder, normalizer

@@ -7,9 +7,10 @@ encoder to predict, on masked frames, the index of the nearest code of a
 * ``stack_frames``: 4 stacked 10 ms fbank frames (320 dims) per 40 ms
   encoder frame, the quantiser's input.
 * ``RandomProjectionQuantizer``: Xavier projection 320 -> 16, L2
-  normalisation, nearest of 8192 unit-norm codes. It subclasses SpeechBrain's
-  quantiser (same buffers ``P`` and ``CB``) but finds the nearest code with
-  one matmul of normalised vectors instead of SpeechBrain's B x V x T x dim
+  normalisation, nearest of 8192 unit-norm codes, searched in fp32. It
+  subclasses SpeechBrain's quantiser (same buffers ``P`` and ``CB``) but
+  finds the nearest code with one matmul of normalised vectors and the
+  distances to a few candidates instead of SpeechBrain's B x V x T x dim
   distance tensor (same argmin, ~V times less memory).
 * ``compute_span_mask``: span masks, one per batch (the authors') or per
   utterance, on valid frames only.
@@ -56,26 +57,48 @@ def stack_frames(feats, stack=4):
     return feats.reshape(B, feats.shape[1] // stack, stack * C)
 
 
-def pad_to_multiple(feats, multiple):
-    """Right-pads (B, T, F) with zeros so that T is a multiple of ``multiple``.
+def pad_to_multiple(feats, multiple, side="right"):
+    """Pads (B, T, F) with zero frames so that T is a multiple of ``multiple``.
+
+    ``side="right"`` pads at the end of time; ``side="left"`` at the start,
+    as the authors' ``train.py`` did (``F.pad`` with the amount in the
+    time-start slot): every frame then moves by the pad amount
+    p = (multiple - T % multiple) % multiple.
 
     Example
     -------
     >>> pad_to_multiple(torch.ones(1, 5, 2), 4).shape
     torch.Size([1, 8, 2])
+    >>> pad_to_multiple(torch.ones(1, 5, 1), 4, side="left")[0, :, 0].tolist()
+    [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
     """
+    if side not in PAD_SIDES:
+        raise ValueError(f"pad_side: {side!r}; valid values: {', '.join(PAD_SIDES)}")
     extra = (-feats.shape[1]) % multiple
-    return F.pad(feats, (0, 0, 0, extra)) if extra else feats
+    if not extra:
+        return feats
+    return F.pad(feats, (0, 0, extra, 0) if side == "left" else (0, 0, 0, extra))
+
+
+PAD_SIDES = ("right", "left")
 
 
 class RandomProjectionQuantizer(_SBRandomProjectionQuantizer):
     """Frozen random-projection quantiser of BEST-RQ.
 
-    ``targets = argmax_v <normalize(x @ P), CB_v>``, which is the nearest
-    code in Euclidean distance since codes and projections have unit norm.
-    ``P`` (Xavier uniform) and ``CB`` (unit-norm Gaussian codes) are buffers:
-    never trained, saved in checkpoints so that a resumed run keeps the same
-    targets.
+    ``targets = argmin_v ||CB_v - normalize(x @ P)||``, the nearest code in
+    Euclidean distance. ``P`` (Xavier uniform) and ``CB`` (unit-norm
+    Gaussian codes) are buffers: never trained, saved in checkpoints so that
+    a resumed run keeps the same targets.
+
+    The code search runs in fp32 whatever the autocast (bf16/fp16) around
+    it, as the authors' did (their distances and argmin are fp32 under
+    autocast); only the projection ``x @ P`` runs in the autocast dtype, as
+    theirs. The search takes the ``SEARCH_CANDIDATES`` codes of highest dot
+    product (all codes have unit norm, so the nearest is among them), then
+    the fp32 Euclidean distance to those, lowest code index first on ties:
+    the authors' argmin over the V x T distances, without a B x V x T x dim
+    tensor.
 
     Arguments
     ---------
@@ -105,12 +128,20 @@ class RandomProjectionQuantizer(_SBRandomProjectionQuantizer):
         super().__init__(input_dim, cb_dim, cb_vocab)
         self.legacy_time_axis_norm = legacy_time_axis_norm
 
+    SEARCH_CANDIDATES = 8
+
     @torch.no_grad()
     def forward(self, x):
         """Maps (B, T, input_dim) to code indices (B, T), int64."""
         dim = 1 if self.legacy_time_axis_norm else -1
-        proj = F.normalize(x.float() @ self.P, dim=dim)
-        return (proj @ self.CB.t()).argmax(dim=-1)
+        proj = x.float() @ self.P  # the autocast dtype under autocast
+        with torch.autocast(device_type=proj.device.type, enabled=False):
+            z = F.normalize(proj.float(), dim=dim)
+            codes = self.CB.float()
+            k = min(self.SEARCH_CANDIDATES, codes.shape[0])
+            cand = (z @ codes.t()).topk(k, dim=-1).indices.sort(dim=-1).values
+            dist = torch.linalg.vector_norm(codes[cand] - z.unsqueeze(-2), dim=-1)
+            return cand.gather(-1, dist.argmin(dim=-1, keepdim=True)).squeeze(-1)
 
 
 def compute_span_mask(

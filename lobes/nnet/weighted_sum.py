@@ -42,6 +42,8 @@ from speechbrain.utils.checkpoints import (
 from speechbrain.utils.logger import get_logger
 from torch import nn
 
+from lobes.utils.safe_io import load_tensors
+
 logger = get_logger(__name__)
 
 ENCODER_INITS = ("pretrained", "random", "fbank")
@@ -94,9 +96,10 @@ class WeightedLayerSum(nn.Module):
     encoder : lobes.nnet.encoder.ConformerEncoder
         The pretrained encoder (frozen here, in place).
     normalizer : torch.nn.Module, optional
-        The pretraining's feature normaliser (e.g. SpeechBrain's
-        ``InputNormalization`` with its global statistics), frozen too: its
-        statistics are never updated by the probe's data.
+        The pretraining's feature normaliser
+        (``lobes.nnet.normalization.FeatureNormalizer``, which
+        ``load_pretrained`` gives the pretraining's method and statistics),
+        frozen too: its statistics are never updated by the probe's data.
     layernorm : bool
         Layer-normalise each hidden state (no affine) before the sum.
     encoder_init : str
@@ -233,7 +236,7 @@ class WeightedLayerSum(nn.Module):
     def load_weights(self, path, end_of_epoch=False):
         """Checkpoint hook: restores the layer weights saved at ``path``."""
         del end_of_epoch
-        weights = torch.load(path, map_location="cpu")["weights"]
+        weights = load_tensors(path, what="layer weights file")["weights"]
         if weights.shape != self.weights.shape:
             raise ValueError(
                 f"{path} holds {weights.numel()} layer weights but this "

@@ -17,20 +17,22 @@ private name                   why we need it                      what removes 
                                ``find_unused_parameters`` with     CPU; a ``find_unused_parameters``
                                LayerDrop                           run option (1.1 has it in run_opts
                                                                    only)
-``InputNormalization._save``,  the statistics file of a model      a public ``save``/``load`` pair
-``_load``                      folder, in SpeechBrain's format     (SpeechBrain develop has one)
 ``tqdm._instances``            the live progress bar of            a ``Brain`` hook for the bar's text
                                SpeechBrain's training loop
 ``Conv2d`` / ``Convolution``   the padding-safe front-end and      public kernels of those modules
 ``Module`` internals           convolution module reuse their
                                weights (``conv.conv``,
                                ``padding``, ``bottleneck``...)
+``ConformerEncoderLayer``      ``replace_attention`` builds a      constructor arguments kept on the
+internals (``mha_layer``,      mixer with the layer's width,       layer (``d_model``, ``activation``,
+``ffn_module1``, ``drop``)     activation and dropout              ``dropout``)
 =============================  ==================================  =====================================
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
+import torch
 from speechbrain.nnet.CNN import Conv2d
 from speechbrain.utils.checkpoints import Checkpointer
 
@@ -78,16 +80,6 @@ class DistributedWrapHook:
         return self.wrap_distributed()
 
 
-def save_normalizer(normalizer, path):
-    """Writes an ``InputNormalization``'s statistics to ``path``."""
-    normalizer._save(path)
-
-
-def load_normalizer(normalizer, path):
-    """Reads statistics written by :func:`save_normalizer` into ``normalizer``."""
-    normalizer._load(path)
-
-
 def live_progress_bars():
     """The tqdm bars open now (SpeechBrain's training loop shows one)."""
     from tqdm import tqdm
@@ -124,3 +116,35 @@ def check_convolution_module(module):
             f"This SpeechBrain's ConvolutionModule has no {', '.join(missing)}: "
             "use a supported SpeechBrain (lobes.utils.versions.SUPPORTED)."
         )
+
+
+def conformer_layer_settings(layer):
+    """``(d_model, activation class, dropout)`` of SpeechBrain's
+    ``ConformerEncoderLayer`` ``layer``, read from its modules (the layer
+    keeps no constructor arguments): the width of its first feed-forward
+    LayerNorm, the activation inside that feed-forward module, its dropout.
+
+    Example
+    -------
+    >>> from speechbrain.lobes.models.transformer.Conformer import ConformerEncoderLayer
+    >>> import torch
+    >>> layer = ConformerEncoderLayer(16, 32, 2, activation=torch.nn.GELU, dropout=0.2)
+    >>> d_model, activation, dropout = conformer_layer_settings(layer)
+    >>> d_model, activation.__name__, dropout
+    (16, 'GELU', 0.2)
+    """
+    try:
+        norm, ffn = layer.ffn_module1[0], layer.ffn_module1[1].ffn
+        activation = type(ffn[1])
+        settings = (int(norm.normalized_shape[0]), activation, float(layer.drop.p))
+        ok = hasattr(layer, "mha_layer") and isinstance(ffn[1], torch.nn.Module)
+    except (AttributeError, IndexError, TypeError):
+        ok = False
+    if not ok:
+        raise RuntimeError(
+            f"This SpeechBrain's ConformerEncoderLayer ({type(layer).__name__}) "
+            "has not the structure lobes.nnet.speechbrain_adapter reads "
+            "(mha_layer, ffn_module1 = [LayerNorm, PositionalwiseFeedForward], "
+            "drop): use a supported SpeechBrain (lobes.utils.versions.SUPPORTED)."
+        )
+    return settings

@@ -18,8 +18,10 @@ Accidents (``test_checkpoint_faults``), striking in epoch 2 once the epoch-1
 checkpoint exists (tests/fault_inject.py), in one output folder:
 
 1. SIGKILL in the middle of writing the epoch-2 checkpoint;
-2. a full disk (``OSError(ENOSPC)``) while writing it: a clear error saying
-   the previous checkpoints are intact;
+2. a full disk while writing it, as it really fails (a file-size limit set
+   mid-save: the kernel refuses the writes, ``torch.save`` fails in its zip
+   writer): one clear error saying the previous checkpoints are intact, the
+   partial folder removed;
 3. NaN in the features of an epoch-2 batch: a clear error naming the
    utterance, before any update;
 4. the same command without fault: resumes from epoch 1 and completes.
@@ -32,6 +34,8 @@ import math
 
 import pytest
 import test_asr_recipe
+import test_buckeye_recipe
+import test_commonvoice_recipe
 import test_iemocap_recipe
 import test_slurp_recipe
 import test_voxceleb_recipe
@@ -53,9 +57,11 @@ pytestmark = pytest.mark.slow
 
 PRETRAIN = REPO / "recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear"
 LIBRILIGHT = REPO / "recipes/LibriLight/self-supervised-learning/BEST-RQ-linear"
-RECIPES = ["pretraining", "librilight", "asr", "voxceleb", "iemocap", "slurp"]
+RECIPES = ["pretraining", "librilight", "asr", "voxceleb", "iemocap", "slurp", "buckeye",
+           "commonvoice"]
 TASK = {"pretraining": "librispeech", "librilight": "librilight", "asr": "librispeech",
-        "voxceleb": "voxceleb", "iemocap": "iemocap", "slurp": "slurp"}
+        "voxceleb": "voxceleb", "iemocap": "iemocap", "slurp": "slurp", "buckeye": "buckeye",
+        "commonvoice": "commonvoice"}
 # Duration filters of each recipe, set for the demo's utterances (2-5 s);
 # the too-short file is 0.3 s, the too-long one 14 s.
 FILTERS = {
@@ -63,14 +69,17 @@ FILTERS = {
     "asr": (["--avoid_if_shorter_than=1.0", "--avoid_if_longer_than=12.0"],
             ["1 shorter than 1.0 s", "1 longer than 12.0 s"]),
     "slurp": (["--avoid_if_longer_than=12.0"], ["1 longer than 12.0 s"]),
+    "commonvoice": (["--avoid_if_shorter_than=1.0", "--avoid_if_longer_than=12.0"],
+                    ["1 shorter than 1.0 s", "1 longer than 12.0 s"]),
 }
 
 
 def recipe_run(name, data_root, pretrained, out, epochs, extra=(), fault=None, check=True):
     """Runs the recipe ``name`` on the corpus copy under ``data_root``."""
     extra = list(extra)
-    corpus = data_root / {"librispeech": "LibriSpeech", "librilight": "LibriLight"}.get(
-        TASK[name], "")
+    corpus = data_root / {"librispeech": "LibriSpeech", "librilight": "LibriLight",
+                          "buckeye": "Buckeye", "commonvoice": test_commonvoice_recipe.RELEASE,
+                          }.get(TASK[name], "")
     if name == "pretraining":
         recipe, args = PRETRAIN, [
             "hparams/bestrq_fastformer.yaml", f"--data_folder={corpus}",
@@ -96,6 +105,14 @@ def recipe_run(name, data_root, pretrained, out, epochs, extra=(), fault=None, c
         recipe = test_iemocap_recipe.RECIPE
         args = test_iemocap_recipe.probe_args(data_root, pretrained, out, epochs=epochs,
                                               extra=["--test_spk_id=1", *extra])
+    elif name == "buckeye":  # tracks found in the corpus copy (damage) or extracted
+        recipe = test_buckeye_recipe.RECIPE
+        args = [*test_buckeye_recipe.probe_args("bilstm_ctc", "summarymixing", pretrained, corpus,
+                                                out, epochs=epochs), *extra]
+    elif name == "commonvoice":
+        recipe = test_commonvoice_recipe.RECIPE
+        args = [*test_commonvoice_recipe.probe_args("bilstm_ctc", "cy", "summarymixing", pretrained,
+                                                    corpus, out, epochs=epochs), *extra]
     else:
         recipe = test_slurp_recipe.RECIPE
         args = test_slurp_recipe.probe_args("linear", "summarymixing", pretrained,
@@ -152,7 +169,7 @@ def damage(name, demo_data, dest):
     resampled files, truncated file, garbled file)."""
     root = copy_corpus(demo_data, TASK[name], dest)
     files = training_files(TASK[name], root)
-    if name == "librilight":  # 4 long files: two kept at other rates
+    if name in ("librilight", "buckeye"):  # a few long files: two kept at other rates
         resampled = [files[0], files[1]]
         resample_file(files[0], 8000)
         resample_file(files[1], 48000, channels=2)
@@ -221,9 +238,10 @@ def test_checkpoint_faults(demo_data, pretrained_demo, tmp_path, name):
     before = check_checkpoints(save)
     assert len(before) == 1  # epoch 1's; epoch 2's was being written
 
-    proc = run("enospc_on_save")
+    proc = run("full_disk_on_save")
     assert proc.returncode != 0
     assert "No space left on device" in output(proc) and "are intact" in output(proc)
+    assert "free space on that disk" in output(proc)
     assert check_checkpoints(save) == before
     assert not list(save.glob(".partial-*"))  # its space given back
 

@@ -9,9 +9,18 @@ preparation come with the `lobes` package, not from a symlink or an
 `!include` up the tree (SpeechBrain's own `librispeech_prepare.py`, which
 writes `$data_root` CSVs, sits where our old symlink pointed: here a stub that
 fails if anything imports it).
+
+The fork's own SpeechBrain package is the one that runs where it matters:
+one reporting 1.0.4 (a fork cut at SpeechBrain's `v1.1.0` tag, whose
+`version.txt` says 1.0.4) runs the pretraining recipe; one reporting 1.0.3
+or 0.5.16 (the BEST-RQ study's fork) is refused at import, with the version,
+the supported range and what to do (`lobes.utils.versions`).
 """
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, assert_run_rebuilds_its_encoder, run_recipe
@@ -48,14 +57,50 @@ def untouched(fork):
         assert (fork / path).read_text() == text, path
 
 
-def test_pretraining_recipe_copied_alone_into_a_fork(demo_data, tmp_path):
+def fork_speechbrain(fork, version, monkeypatch):
+    """Makes the fork's own ``speechbrain`` package (a copy of the installed
+    one that reports ``version``, as a fork's ``version.txt`` does) the one
+    Python imports, as in a fork's environment (``PYTHONPATH``)."""
+    import speechbrain
+
+    shutil.rmtree(fork / "speechbrain")
+    shutil.copytree(Path(speechbrain.__file__).parent, fork / "speechbrain",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (fork / "speechbrain" / "version.txt").write_text(version + "\n")
+    monkeypatch.setenv("PYTHONPATH", str(fork))
+    found = subprocess.run(
+        [sys.executable, "-c", "import speechbrain; print(speechbrain.__version__, speechbrain.__file__)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert found == [version, str(fork / "speechbrain" / "__init__.py")]
+
+
+def test_pretraining_recipe_copied_alone_into_a_fork(demo_data, tmp_path, monkeypatch):
+    """A fork cut at SpeechBrain's v1.1.0 tag reports 1.0.4 (the tag's
+    version.txt): the same code as PyPI's 1.1.0, accepted."""
     fork, recipe = fork_with("LibriSpeech/self-supervised-learning/BEST-RQ-linear", tmp_path)
+    fork_speechbrain(fork, "1.0.4", monkeypatch)
     run_recipe(recipe, [
         "hparams/bestrq_summarymixing.yaml", f"--data_folder={demo_data / 'LibriSpeech'}",
         f"--output_folder={tmp_path / 'out'}", *demo_overrides("summarymixing", epochs=1, layers=1),
     ])
     assert (tmp_path / "out" / "encoder" / "encoder.ckpt").is_file()
     untouched(fork)
+
+
+@pytest.mark.parametrize("version", ["1.0.3", "0.5.16"])
+def test_a_fork_of_an_older_speechbrain_is_refused_at_import(version, tmp_path, monkeypatch):
+    """SpeechBrain 1.0.3 (PyPI's last 1.0, and SpeechBrain's develop for a
+    year) and 0.5.16 (the BEST-RQ study's fork): refused before anything
+    runs, naming the version, the supported range and what to do."""
+    fork, recipe = fork_with("LibriSpeech/self-supervised-learning/BEST-RQ-linear", tmp_path)
+    fork_speechbrain(fork, version, monkeypatch)
+    proc = run_recipe(recipe, ["hparams/bestrq_summarymixing.yaml", "--data_folder=/nowhere"], check=False)
+    assert proc.returncode != 0
+    assert "SpeechBrainVersionError" in proc.stderr
+    assert f"the SpeechBrain at {fork / 'speechbrain'} is {version}" in proc.stderr
+    assert ">=1.1.0,<1.2" in proc.stderr and "pip install --no-deps -e" in proc.stderr
+    assert not (recipe / "results").exists()
 
 
 PROBES = {

@@ -108,6 +108,25 @@ def test_resume_continues_exactly(demo_data, tmp_path):
         torch.testing.assert_close(sb_["exp_avg"], sa["exp_avg"])
 
 
+def test_speechbrains_debug_and_optimizer_step_limit(demo_data, tmp_path):
+    """SpeechBrain's conventions: ``--debug`` (a few batches, checkpoints in a
+    temporary folder) ends with exit 0, its export done there and the run's
+    own export folder untouched; ``--optimizer_step_limit=N`` given on the
+    command line (a string to SpeechBrain 1.1's parser) stops after N steps."""
+    out = tmp_path / "debug"
+    proc = pretrain(demo_data, out, "summarymixing", epochs=2, extra=["--debug"])
+    assert "Debug run: its checkpoints are in" in proc.stdout + proc.stderr
+    assert "Exported the summarymixing encoder" in (out / "log.txt").read_text()
+    assert not (out / "encoder").exists()
+    assert not list((out / "save").glob("CKPT+*"))
+
+    out = tmp_path / "limit"
+    pretrain(demo_data, out, "summarymixing", epochs=2, extra=["--optimizer_step_limit=3"])
+    ckpt = latest_ckpt(out)
+    assert yaml.safe_load((ckpt / "brain.ckpt").read_text())["optimizer_step"] == 3
+    assert (out / "encoder" / "encoder.ckpt").exists()
+
+
 def test_bad_inputs_give_clear_errors(demo_data, tmp_path):
     # unknown mixer name
     proc = pretrain(

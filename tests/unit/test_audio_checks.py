@@ -272,7 +272,8 @@ def test_duration_filters_are_counted_per_split(tmp_path, caplog):
         writer = csv.writer(fout)
         writer.writerow(["ID", "duration", "wav"])
         for i, seconds in enumerate([0.3, 0.5, 3.0, 4.0, 70.0]):
-            writer.writerow([f"u{i}", seconds, f"/nowhere/u{i}.flac"])
+            (tmp_path / f"u{i}.flac").touch()  # manifests are checked: files exist
+            writer.writerow([f"u{i}", seconds, tmp_path / f"u{i}.flac"])
     hparams = {"train_csv": csv_file, "valid_csv": csv_file, "avoid_if_shorter_than": 1.0,
                "avoid_if_longer_than": 60.0, "sample_rate": 16000,
                "train_dataloader_opts": {}, "dynamic_batching": False}

@@ -28,7 +28,7 @@ from speechbrain.processing.features import InputNormalization
 from lobes.deploy.convert import convert_checkpoint, main
 from lobes.deploy.loading import encoder_from_checkpoint, load_pretrained
 from lobes.nnet.mixers.mamba import selective_scan_ref
-from lobes.utils.speechbrain_private import save_normalizer
+from conftest import save_normalizer
 
 D, H, FFN, LAYERS = 64, 4, 128, 2
 

@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import PAPER_LINEAR_MIXERS, PROBE_LAYERS, REPO
+from conftest import PAPER_LINEAR_MIXERS, PROBE_LAYERS, REPO, save_normalizer
 from demo_overrides import demo_encoder_override
 from speechbrain.lobes.features import Fbank
 from speechbrain.processing.features import InputNormalization
@@ -30,7 +30,7 @@ from lobes.deploy.extract import main as extract_main
 from lobes.deploy.inference import BestRQEncoder
 from lobes.deploy.loading import encoder_from_checkpoint, load_pretrained
 from lobes.nnet.encoder import ConformerEncoder
-from lobes.utils.speechbrain_private import load_normalizer, save_normalizer
+from lobes.nnet.normalization import FeatureNormalizer
 
 ATOL = 1e-5
 TINY_MIXER_KWARGS = {
@@ -72,7 +72,7 @@ def exported(pretrained_demo, tmp_path_factory):
 def reference_hidden(run, wav):
     """Hidden states of the training checkpoint's encoder, built directly."""
     encoder = ConformerEncoder("summarymixing", **demo_encoder_args("summarymixing"))
-    normalizer = InputNormalization(norm_type="global")
+    normalizer = FeatureNormalizer()  # the pretraining's method and statistics
     load_pretrained(run / "save", encoder, normalizer)
     encoder.eval()
     normalizer.eval()
@@ -313,8 +313,8 @@ def test_mamba_checkpoint_from_the_cuda_kernel_path_runs_on_cpu(tmp_path, monkey
     gpu_encoder = ConformerEncoder("mamba", **args).eval()
     assert gpu_encoder.state_dict().keys() == cpu_keys
     ckpt = make_checkpoint(tmp_path / "CKPT+gpu", gpu_encoder)
-    normalizer = InputNormalization()
-    load_normalizer(normalizer, ckpt / "normalize.ckpt")
+    normalizer = FeatureNormalizer()
+    normalizer.load(ckpt / "normalize.ckpt")
     normalizer.eval()
     wavs = torch.randn(2, 16000) * 0.1
     lens = torch.tensor([1.0, 0.6])

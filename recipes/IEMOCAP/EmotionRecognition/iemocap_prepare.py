@@ -41,13 +41,14 @@ Authors
 """
 
 import json
-import os
+import os  # noqa: F401 (the examples use it)
 import re
 from pathlib import Path
 
 from speechbrain.utils.logger import get_logger
 
 from lobes.dataio.audio import scan_audio
+from lobes.utils.safe_io import write_text_atomic
 
 logger = get_logger(__name__)
 CLASSES = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang"}
@@ -282,10 +283,8 @@ def prepare_iemocap(
                 f"Fold {test_spk}: the {split} set is empty (no turn of speaker "
                 f"{test_spk if split == 'test' else valid_spk} in {data_folder})."
             )
-        tmp = save_folder / f"{split}.json.tmp"
-        tmp.write_text(json.dumps(entries, indent=1))
-        os.replace(tmp, save_folder / f"{split}.json")
-    (save_folder / OPTS_FILE).write_text(json.dumps(opts, indent=1))
+        write_text_atomic(save_folder / f"{split}.json", json.dumps(entries, indent=1))
+    write_text_atomic(save_folder / OPTS_FILE, json.dumps(opts, indent=1))
     logger.info(
         f"IEMOCAP fold {test_spk} (valid speaker {valid_spk}): "
         + ", ".join(f"{s} {len(e)}" for s, e in splits.items()) + " turns."

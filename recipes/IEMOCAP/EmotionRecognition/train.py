@@ -36,7 +36,7 @@ from speechbrain.utils.logger import get_logger
 from lobes.recipe import parse_arguments
 from lobes.dataio.audio import load_audio
 from lobes.brains.probing import ProbeBrain
-from lobes.recipe import load_hparams, record_encoder
+from lobes.recipe import load_hparams, lock_output_folder, record_encoder
 
 logger = get_logger(__name__)
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
@@ -149,6 +149,7 @@ def run_fold(argv):
     hparams_file, run_opts, overrides = parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
+    lock_output_folder(hparams["output_folder"])  # one run per folder
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,

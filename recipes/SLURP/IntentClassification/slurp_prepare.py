@@ -42,15 +42,15 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
-import csv
 import json
-import os
 import re
 from pathlib import Path
 
 from speechbrain.utils.logger import get_logger
 
 from lobes.dataio.audio import scan_audio
+from lobes.dataio.manifest import write_csv
+from lobes.utils.safe_io import write_text_atomic
 
 logger = get_logger(__name__)
 SPLITS = ("train", "devel", "test")
@@ -150,7 +150,7 @@ def prepare_slurp(
         _write_csv(csv_path, rows)
         logger.info(f"Wrote {csv_path} ({len(rows)} recordings).")
         done[split] = record
-        opts_path.write_text(json.dumps(done, indent=1))
+        write_text_atomic(opts_path, json.dumps(done, indent=1))
 
 
 def _find(data_folder, candidates, what):
@@ -224,9 +224,4 @@ def split_rows(jsonl, audio_folder, num_workers=16, check_audio=False,
 
 
 def _write_csv(path, rows):
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fout:
-        writer = csv.writer(fout)
-        writer.writerow(HEADER)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, HEADER, rows)  # whole or not at all

@@ -39,7 +39,8 @@ from speechbrain.utils.logger import get_logger
 from lobes.recipe import parse_arguments
 from lobes.dataio.audio import filter_by_duration, load_audio
 from lobes.brains.probing import ProbeBrain
-from lobes.recipe import load_hparams, record_encoder
+from lobes.dataio.manifest import dataset_from_csv
+from lobes.recipe import load_hparams, lock_output_folder, record_encoder
 
 TASKS = ("scenario", "intent")
 logger = get_logger(__name__)
@@ -158,7 +159,9 @@ def dataio_prepare(hparams):
     """
     datasets = {}
     for name in ("train", "valid", "test"):
-        data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams[f"{name}_csv"])
+        data = dataset_from_csv(  # checked first: columns, IDs, files
+            hparams[f"{name}_csv"], ("ID", "duration", "wav", *hparams["tasks"])
+        )
         # MP3S keeps every devel/test recording; training may drop the longest.
         limit = hparams["avoid_if_longer_than"] if name == "train" else None
         datasets[name] = filter_by_duration(
@@ -227,6 +230,7 @@ if __name__ == "__main__":
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     hparams["tasks"] = check_tasks(hparams["tasks"])
+    lock_output_folder(hparams["output_folder"])  # one run per folder
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,

@@ -36,7 +36,8 @@ from speechbrain.utils.metric_stats import EER, minDCF
 from lobes.recipe import parse_arguments
 from lobes.dataio.audio import load_audio, load_audio_crop
 from lobes.brains.probing import ProbeBrain, checkpoint_to_test
-from lobes.recipe import load_hparams, record_encoder
+from lobes.dataio.manifest import dataset_from_csv
+from lobes.recipe import load_hparams, lock_output_folder, record_encoder
 
 logger = get_logger(__name__)
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
@@ -174,8 +175,10 @@ def dataio_prepare(hparams):
     """
     save = hparams["save_folder"]
     datasets = {
-        name: sb.dataio.dataset.DynamicItemDataset.from_csv(
-            csv_path=os.path.join(save, f"{name}.csv")
+        name: dataset_from_csv(  # checked first: columns, IDs, files
+            os.path.join(save, f"{name}.csv"),
+            ("ID", "duration", "wav", "start", "stop", "spk_id"),
+            number_columns=("duration", "start", "stop"),
         )
         for name in ("train", "dev", "enrol", "test")
     }
@@ -243,6 +246,7 @@ if __name__ == "__main__":
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     checkpoint_to_test(hparams["test_checkpoint"], "error_rate")  # a typo fails now
+    lock_output_folder(hparams["output_folder"])  # one run per folder
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,

@@ -38,7 +38,6 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
-import csv
 import json
 import os
 import random
@@ -48,6 +47,8 @@ import soundfile as sf
 from speechbrain.utils.logger import get_logger
 
 from lobes.dataio.audio import scan_audio
+from lobes.dataio.manifest import write_csv
+from lobes.utils.safe_io import write_text_atomic
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
@@ -309,7 +310,7 @@ def prepare_voxceleb(
     for name, files in (("enrol.csv", enrol), ("test.csv", test)):
         items = [(str(wav_dir / rel), rel.split("/")[0]) for rel in files]
         _write_csv(save_folder / name, _whole_rows(items, wav_dir, infos))
-    (save_folder / OPTS_FILE).write_text(json.dumps(opts, indent=1))
+    write_text_atomic(save_folder / OPTS_FILE, json.dumps(opts, indent=1))
     logger.info(
         f"VoxCeleb: {len(by_speaker)} training speakers ({len(train)} train / "
         f"{len(dev)} dev utterances in {len(train_rows)} / {len(dev_rows)} "
@@ -366,10 +367,5 @@ def _whole_rows(items, wav_dir, infos):
 
 
 def _write_csv(path, rows):
-    """Writes a CSV atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(HEADER)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """Writes a CSV atomically (a full disk leaves none, with one message)."""
+    write_csv(path, HEADER, rows)

@@ -62,7 +62,6 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
-import csv
 import io
 import json
 import os
@@ -73,6 +72,9 @@ from pathlib import Path
 from speechbrain.utils.logger import get_logger
 
 from lobes.dataio.audio import scan_audio
+from lobes.dataio.manifest import write_csv
+from lobes.utils.progress import progress
+from lobes.utils.safe_io import disk_full_error, is_write_failure, write_text_atomic
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id", "wrd"]
@@ -220,7 +222,7 @@ def prepare_buckeye(
         _write_csv(path, rows[split])
         hours = sum(r[1] for r in rows[split]) / 3600
         logger.info(f"{path}: {len(rows[split])} utterances, {hours:.2f} h")
-    (save_folder / OPTS_FILE).write_text(json.dumps(opts, indent=1))
+    write_text_atomic(save_folder / OPTS_FILE, json.dumps(opts, indent=1))
 
 
 def extract_tracks(data_folder, extract_folder):
@@ -230,9 +232,10 @@ def extract_tracks(data_folder, extract_folder):
     are already there. Returns the number of tracks extracted."""
     data_folder, extract_folder = Path(data_folder), Path(extract_folder)
     done = 0
-    for path in sorted(data_folder.rglob("*.zip")):
-        if SPEAKER_ZIP.fullmatch(path.name) or TRACK.fullmatch(path.stem):
-            done += _extract_zip(path, extract_folder, str(path))
+    zips = [p for p in sorted(data_folder.rglob("*.zip"))
+            if SPEAKER_ZIP.fullmatch(p.name) or TRACK.fullmatch(p.stem)]
+    for path in progress(zips, desc="Buckeye: extracting the speaker zips", unit="zip"):
+        done += _extract_zip(path, extract_folder, str(path))
     if done:
         logger.info(f"Extracted {done} Buckeye tracks into {extract_folder}")
     return done
@@ -267,6 +270,12 @@ def _write_atomic(target, data):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
     except OSError as err:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays
+        if is_write_failure(err):
+            raise disk_full_error(
+                target.parent, f"the Buckeye track {target.name}", err,
+                kept="The tracks extracted before are complete and kept.",
+            ) from None
         raise OSError(
             f"Cannot extract the Buckeye track {target.name} into {target.parent} ({err}): "
             "give a writable folder as extract_folder (--extract_folder=...)."
@@ -396,10 +405,5 @@ def _load_opts(save_folder):
 
 
 def _write_csv(path, rows):
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fout:
-        writer = csv.writer(fout)
-        writer.writerow(HEADER)
-        for row in rows:
-            writer.writerow([row[0], f"{row[1]:.3f}", *row[2:]])
-    os.replace(tmp, path)
+    # whole or not at all (a full disk stops with one message)
+    write_csv(path, HEADER, ([row[0], f"{row[1]:.3f}", *row[2:]] for row in rows))

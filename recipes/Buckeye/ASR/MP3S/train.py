@@ -41,7 +41,7 @@ from lobes.dataio.asr import char_tokenizer, load_datasets
 from lobes.brains.lm_decoding import check_lm_decoding
 from lobes.dataio.audio import load_audio
 from lobes.brains.probing import checkpoint_to_test
-from lobes.recipe import load_hparams, record_encoder
+from lobes.recipe import load_hparams, lock_output_folder, record_encoder
 from lobes.recipe import parse_arguments
 
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
@@ -80,6 +80,7 @@ if __name__ == "__main__":
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
     check_lm_decoding(hparams)  # now, not after training
     tested = checkpoint_to_test(hparams["test_checkpoint"], "WER")  # checked now
+    lock_output_folder(hparams["output_folder"])  # one run per folder
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,

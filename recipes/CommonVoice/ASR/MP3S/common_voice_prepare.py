@@ -42,9 +42,8 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
-import csv
 import json
-import os
+import os  # noqa: F401 (the examples use it)
 import re
 import unicodedata
 from pathlib import Path
@@ -53,6 +52,8 @@ import soundfile as sf
 from speechbrain.utils.logger import get_logger
 
 from lobes.dataio.audio import scan_audio
+from lobes.dataio.manifest import write_csv
+from lobes.utils.safe_io import write_text_atomic
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
@@ -163,7 +164,7 @@ def prepare_common_voice(
         )
         _write_csv(csvs[split], rows)
         done[csvs[split].name] = opts
-        (save_folder / OPTS_FILE).write_text(json.dumps(done, indent=1))
+        write_text_atomic(save_folder / OPTS_FILE, json.dumps(done, indent=1))
         hours = sum(r[1] for r in rows) / 3600
         logger.info(f"{csvs[split]}: {len(rows)} clips, {hours:.2f} h")
 
@@ -295,10 +296,5 @@ def _load_opts(save_folder):
 
 
 def _write_csv(path, rows):
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fout:
-        writer = csv.writer(fout)
-        writer.writerow(HEADER)
-        for row in rows:
-            writer.writerow([row[0], f"{row[1]:.3f}", *row[2:]])
-    os.replace(tmp, path)
+    # whole or not at all (a full disk stops with one message)
+    write_csv(path, HEADER, ([row[0], f"{row[1]:.3f}", *row[2:]] for row in rows))

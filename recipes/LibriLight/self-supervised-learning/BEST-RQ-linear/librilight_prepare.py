@@ -46,7 +46,6 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
-import csv
 import json
 import math
 import os
@@ -56,6 +55,8 @@ from pathlib import Path
 from speechbrain.utils.logger import get_logger
 
 from lobes.dataio.audio import scan_audio
+from lobes.dataio.manifest import write_csv
+from lobes.utils.safe_io import write_text_atomic
 
 logger = get_logger(__name__)
 HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
@@ -203,15 +204,10 @@ def prepare_librilight(
             f"{data_folder}: check the voice_activity of the .json files or min_segment_duration."
         )
     save_folder.mkdir(parents=True, exist_ok=True)
-    tmp = csv_file.with_name(csv_file.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(HEADER)
-        writer.writerows(rows)
-    os.replace(tmp, csv_file)
+    write_csv(csv_file, HEADER, rows)  # whole or not at all
     done = _load_opts(save_folder)
     done[csv_name] = opts
-    (save_folder / OPTS_FILE).write_text(json.dumps(done, indent=1))
+    write_text_atomic(save_folder / OPTS_FILE, json.dumps(done, indent=1))
 
 
 def segment_boundaries(vad, file_duration, max_segment_duration, min_segment_duration):

@@ -39,6 +39,7 @@ from pathlib import Path
 from speechbrain.utils.logger import get_logger
 
 from lobes.dataio.librispeech_prepare import _split_rows, _write_csv
+from lobes.utils.safe_io import write_text_atomic
 
 logger = get_logger(__name__)
 FOLDS = [f"1h/{k}" for k in range(6)]
@@ -142,7 +143,7 @@ def prepare_librilight_finetuning(
         raise ValueError(f"Utterance(s) {twice[:5]} found in two folds of {root}.")
     _write_csv(csv_file, rows)
     done[csv_name] = record
-    opts_file.write_text(json.dumps(done, indent=1))
+    write_text_atomic(opts_file, json.dumps(done, indent=1))
     logger.info(
         f"{csv_file}: Libri-light {subset}, {len(rows)} utterances, "
         f"{sum(r[1] for r in rows) / 3600:.2f} h"

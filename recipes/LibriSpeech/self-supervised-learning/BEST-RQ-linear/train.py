@@ -30,7 +30,7 @@ from lobes.brains.pretraining import BestRQBrain
 from lobes.dataio.pretraining import dataio_prepare
 from lobes.deploy.export import export_encoder
 from lobes.utils.plot_run import plot_run
-from lobes.recipe import load_hparams, record_encoder
+from lobes.recipe import export_folders, load_hparams, lock_output_folder, record_encoder
 
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
 REQUIRED_KEYS = ("train_splits", "train_csv", "valid_csv", "mask_prob", "quantizer", "head")
@@ -40,6 +40,7 @@ if __name__ == "__main__":
     sb.utils.distributed.ddp_init_group(run_opts)
 
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
+    lock_output_folder(hparams["output_folder"])  # one run per folder
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -68,13 +69,12 @@ if __name__ == "__main__":
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
 
-    # The encoder folder for lobes.deploy.inference.BestRQEncoder and the MP3S probes
+    # The encoder folder for lobes.deploy.inference.BestRQEncoder and the MP3S
+    # probes (under --debug: the debug model, in SpeechBrain's temporary folder)
+    save_folder, export_folder = export_folders(brain, hparams)
     run_on_main(
         export_encoder,
-        kwargs={
-            "checkpoint": hparams["save_folder"],
-            "out_folder": hparams["export_folder"],
-        },
+        kwargs={"checkpoint": save_folder, "out_folder": export_folder},
     )
     # Loss, masked accuracy and code usage against steps
     run_on_main(
