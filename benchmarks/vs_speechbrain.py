@@ -19,8 +19,10 @@ SpeechBrain's (its time over ours: > 1 is faster), the same with CPU time
 to the longest, peak resident set size of the
 process relative to SpeechBrain's, matmul GFLOP (``FlopCounterMode``; plus
 the Mamba scan's element-wise work, counted analytically), GFLOP/s and that
-throughput relative to the floor's. Then acceptance criteria checked on
-these numbers (``done_when``; no verdict from fewer than 5 timed runs).
+throughput relative to the floor's, and the token mixers' own part (time
+inside them, its share of the forward, their GFLOP/s and its ratio to the
+floor's). Then acceptance criteria checked on these numbers (``done_when``:
+issues 15 and 23; no verdict from fewer than 5 timed runs).
 
 Example
 -------
@@ -89,7 +91,8 @@ def comparison_table(rows, precision="fp32", markdown=True):
         + [f"{longest:g} s vs SpeechBrain", f"CPU time vs SpeechBrain at {longest:g} s",
            f"growth {lengths[0]:g}→{longest:g} s",
            f"peak RSS vs SpeechBrain at {longest:g} s",
-           f"GFLOP at {longest:g} s", f"GFLOP/s at {longest:g} s", "throughput vs floor"]
+           f"GFLOP at {longest:g} s", f"GFLOP/s at {longest:g} s", "throughput vs floor",
+           f"mixers at {longest:g} s: time (share), GFLOP/s (vs floor)"]
     )
     body = []
     for name in names:
@@ -121,6 +124,7 @@ def comparison_table(rows, precision="fp32", markdown=True):
         line.append(fmt_sig(long_row.get("gflop")))
         line.append(fmt_sig(long_row.get("gflops_per_s")))
         line.append(fmt(long_row.get("throughput_ratio_floor"), 2))
+        line.append(_mixer_cell(long_row))
         body.append(line)
     if markdown:
         out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -129,6 +133,18 @@ def comparison_table(rows, precision="fp32", markdown=True):
         widths = [max(len(x) for x in col) for col in zip(cols, *body)]
         out = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [cols] + body]
     return out
+
+
+def _mixer_cell(r):
+    """The mixers' least time, share of the step, GFLOP/s and its ratio to
+    the floor's throughput ("—" for the floor and unmeasured rows)."""
+    t = r.get("mixer_time_min_s", float("nan"))
+    if r.get("mixer") == eff.FLOOR or r.get("status") != "ok" or math.isnan(t):
+        return "—"
+    return (
+        f"{t:.3g} s ({100 * r.get('mixer_share', float('nan')):.0f}%), "
+        f"{fmt_sig(r.get('mixer_gflops_per_s'))} ({fmt(r.get('mixer_throughput_ratio_floor'), 2)})"
+    )
 
 
 def done_when(rows, precision="fp32"):
@@ -181,6 +197,14 @@ def done_when(rows, precision="fp32"):
         if m not in linear or math.isnan(ratio):
             continue
         check(ratio >= 0.85, f"{m} throughput within 15% of the floor's at {longest:g} s ({ratio:.2f})")
+    # issue 23 (the paper's linear mixers)
+    for m in mixer_names(paper=True, linear=True):
+        speed = get(sb, longest) / get(m, longest)
+        check(speed >= 4.5, f"{m} ≥ 4.5× SpeechBrain's speed at {longest:g} s ({speed:.2f}×)")
+    ratio = get("mamba", longest) / get("summarymixing", longest)
+    check(ratio <= 1.15, f"mamba ≤ 1.15× summarymixing's time at {longest:g} s ({ratio:.2f}×)")
+    ratio = get("mamba", shortest) / get("mhsa", shortest)
+    check(ratio <= 0.9, f"mamba ≤ 0.9× mhsa's time at {shortest:g} s ({ratio:.2f}×)")
     return out
 
 

@@ -18,10 +18,11 @@ throughput, with ratios to the references. Results: tables on stdout and
 reading: ``benchmarks/README.md``.
 
 Modules: ``models`` (the networks and their sizes), ``flops`` (work),
-``memory`` (RSS probes), ``device``, ``profiling``, ``measure`` (``Point``:
-one model, input and step), ``workers`` (interleaved runs, worker
-processes), ``rows`` (result rows, ratios, CSV columns), ``report``
-(tables, checks, CSV, plot), ``cli`` (the command line).
+``mixer_work`` (the token mixers' own time and work), ``memory`` (RSS
+probes), ``device``, ``profiling``, ``measure`` (``Point``: one model,
+input and step), ``workers`` (interleaved runs, worker processes), ``rows``
+(result rows, ratios, CSV columns), ``report`` (tables, checks, CSV, plot),
+``cli`` (the command line).
 
 Example
 -------
@@ -56,6 +57,7 @@ from benchmarks.efficiency.device import bf16_supported, device_description
 from benchmarks.efficiency.flops import SCAN_OPS, count_flops, scan_flops
 from benchmarks.efficiency.measure import Point
 from benchmarks.efficiency.memory import current_rss_mb, peak_rss_mb, reset_peak_rss
+from benchmarks.efficiency.mixer_work import MixerTimer, mixer_flops, mixer_modules
 from benchmarks.efficiency.models import (
     SIZES,
     IdentityMixer,
@@ -67,9 +69,12 @@ from benchmarks.efficiency.models import (
     maybe_compile,
     model_config,
     replace_mixers_with_identity,
+    split_revision,
+    swap_mixers,
 )
 from benchmarks.efficiency.report import (
     check_linear,
+    check_mamba_step,
     failed_reason,
     fmt,
     fmt_mem,
@@ -120,6 +125,9 @@ __all__ = [
     "current_rss_mb",
     "peak_rss_mb",
     "reset_peak_rss",
+    "MixerTimer",
+    "mixer_flops",
+    "mixer_modules",
     "SIZES",
     "IdentityMixer",
     "PretrainingModel",
@@ -130,7 +138,10 @@ __all__ = [
     "maybe_compile",
     "model_config",
     "replace_mixers_with_identity",
+    "split_revision",
+    "swap_mixers",
     "check_linear",
+    "check_mamba_step",
     "failed_reason",
     "fmt",
     "fmt_mem",

@@ -26,7 +26,7 @@ from benchmarks.efficiency.constants import (
     TIME_KEY,
 )
 from benchmarks.efficiency.device import bf16_supported, device_description
-from benchmarks.efficiency.models import SIZES, default_models
+from benchmarks.efficiency.models import SIZES, default_models, split_revision
 from benchmarks.efficiency.report import fmt, fmt_mem, format_tables, plot, write_csv
 from benchmarks.efficiency.rows import add_ratios, row_label
 from benchmarks.efficiency.workers import measure_interleaved, worker_loop
@@ -50,7 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--mixers", default=",".join(default_models()),
                    help=f"comma-separated models: token mixers, {FLOOR} "
                         f"(identity mixers) and {SPEECHBRAIN_REF} (SpeechBrain's encoder); "
-                        "default: these two and every registered mixer with a definition")
+                        "default: these two and every registered mixer with a definition. "
+                        "<mixer>@<commit>: that model with the token mixers' code of a "
+                        "commit (a before/after in one run)")
     p.add_argument("--lengths", default=None,
                    help="comma-separated utterance durations, seconds "
                         f"(default 10,20,40,60,80; paper protocol {PAPER_LENGTHS})")
@@ -153,7 +155,7 @@ def _check_args(args, mixers, precisions):
         )
     for m in mixers:
         if m not in (FLOOR, SPEECHBRAIN_REF):
-            check_mixer_name(m)
+            check_mixer_name(split_revision(m)[0])
 
 
 def _measure_mode(args, mode, lengths, mixers, precisions, out):

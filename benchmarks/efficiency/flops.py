@@ -20,13 +20,16 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def count_flops(fn):
+def count_flops(fn, per_module=None):
     """Matrix-product flops of ``fn()`` (``FlopCounterMode``).
 
     ``FlopCounterMode`` counts matmuls, convolutions and the fused attention
     kernels it knows; the CPU flash-attention kernel that
     ``scaled_dot_product_attention`` uses is added here (QK^T + AV, like the
-    CUDA kernels). Element-wise work is not counted.
+    CUDA kernels). Element-wise work is not counted. A dict passed as
+    ``per_module`` receives the counts per module (``get_flop_counts()``:
+    ``{"<Root>.<module path>": {op: flops}}``, a module's including its
+    submodules', backward included).
 
     Example
     -------
@@ -41,6 +44,8 @@ def count_flops(fn):
         custom[cpu_flash] = _sdpa_flops
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
         fn()
+    if per_module is not None:
+        per_module.update(counter.get_flop_counts())
     return counter.get_total_flops()
 
 

@@ -36,6 +36,7 @@ from benchmarks.efficiency.constants import (
 )
 from benchmarks.efficiency.flops import count_flops, scan_flops
 from benchmarks.efficiency.memory import current_rss_mb, peak_rss_mb, reset_peak_rss
+from benchmarks.efficiency.mixer_work import MixerTimer, mixer_flops
 from benchmarks.efficiency.models import build_model, maybe_compile
 from benchmarks.efficiency.profiling import profile_step
 
@@ -132,6 +133,15 @@ class Point:
             self._setup_default()
         if compile:
             self._compile()
+        # The time spent inside the token mixers during the timed part
+        # (forward; and backward in the training step), by hooks: not under
+        # torch.compile, whose graphs the hooks would break.
+        self.mixer_timer = None
+        if not compile:
+            self.mixer_timer = MixerTimer(
+                self.model, backward=self.mode == "train", cuda=self.cuda
+            )
+        self.last_mixer_time = float("nan")
         # What this point holds on the GPU (weights, buffers, inputs), so that
         # "including the weights" stays right with other points in the process.
         self.own_cuda_mb = (torch.cuda.memory_allocated() - cuda_before) / 2**20 if self.cuda else 0.0
@@ -203,11 +213,16 @@ class Point:
                 noise = torch.randn_like(feats) * 0.1
                 feats = torch.where(mask.unsqueeze(-1), noise, feats)
                 sync()
+                if self.mixer_timer is not None:
+                    self.mixer_timer.reset()
                 start, cpu = time.perf_counter(), time.process_time()
                 logits = self.forward_model(feats, frames / T)
                 sync()
                 elapsed = time.perf_counter() - start
                 self.last_cpu = time.process_time() - cpu
+                if self.mixer_timer is not None:
+                    self.last_mixer_time = self.mixer_timer.seconds()
+                    self.mixer_timer.reset()  # the timed part only
                 loss_mask = mask.view(B, T // stack, stack).any(dim=-1)
                 loss, _ = masked_prediction_loss(logits, targets, loss_mask)
             if backward:
@@ -259,8 +274,9 @@ class Point:
     def run(self):
         """One run of the step: returns (seconds, peak MB over the model,
         absolute peak MB, peak MB including the weights). The step's wall
-        time and the timed part's CPU time (all threads) are left in
-        ``last_step_time`` and ``last_cpu``."""
+        time, the timed part's CPU time (all threads) and the time spent
+        inside the token mixers during the timed part are left in
+        ``last_step_time``, ``last_cpu`` and ``last_mixer_time``."""
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # other points' cached blocks
@@ -268,6 +284,8 @@ class Point:
             torch.cuda.reset_peak_memory_stats()
         elif self.can_reset:
             reset_peak_rss()
+        if self.mixer_timer is not None and self.protocol != "paper":
+            self.mixer_timer.reset()
         start, cpu = time.perf_counter(), time.process_time()
         timed = self.step()
         if self.cuda:
@@ -276,6 +294,8 @@ class Point:
         if self.protocol != "paper":
             self.last_step_time = time.perf_counter() - start
             self.last_cpu = time.process_time() - cpu
+            if self.mixer_timer is not None:
+                self.last_mixer_time = self.mixer_timer.seconds()
         if self.cuda:
             peak = torch.cuda.max_memory_allocated() / 2**20
             over = peak - base / 2**20
@@ -284,9 +304,11 @@ class Point:
         return elapsed, peak - self.baseline, peak, peak - self.rss_before_model
 
     def flops(self):
-        """Matrix-product flops of one model forward on this point's input
-        (and of the backward in ``train`` mode), plus the analytic scan
-        work (x3 with a backward)."""
+        """Work of one step's timed part: ``[total, mixers]``, the
+        matrix-product flops of one model forward on this point's input
+        (and of the backward in ``train`` mode) plus the analytic scan work
+        (x3 with a backward), and the part of it done inside the token
+        mixers (``mixer_work.mixer_flops``; the scans are the mixers')."""
         train = self.mode == "train"
 
         def fn():
@@ -297,9 +319,10 @@ class Point:
                 with torch.no_grad(), self.autocast:
                     self.model(self.feats)
 
-        matmul = count_flops(fn)
+        counts = {}
+        matmul = count_flops(fn, per_module=counts)
         scan = scan_flops(self.model, self.batch, self.out_frames) * (3 if train else 1)
-        return matmul + scan
+        return [matmul + scan, mixer_flops(counts, self.model) + scan]
 
     def profile(self, path):
         """Writes the profiler tables of one step to ``path``."""

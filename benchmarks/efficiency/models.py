@@ -5,13 +5,24 @@ Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
+import functools
+import importlib
 import math
+import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
-from benchmarks.efficiency.constants import FLOOR, FLOOR_BASE, N_MELS, SPEECHBRAIN_REF
+from benchmarks.efficiency.constants import FLOOR, FLOOR_BASE, N_MELS, REPO, SPEECHBRAIN_REF
 from lobes.nnet.mixers import MIXERS
+
+# "<mixer>@<commit>": the mixer's model with the token mixers' code of that
+# commit (``lobes/nnet/mixers`` there), the rest of the model from the work
+# tree: a before/after of the mixers in one interleaved run.
+REVISION_SEP = "@"
 
 # Width divisor, number of layers (None: the definition's), FFN size (None:
 # the definition's).
@@ -38,6 +49,67 @@ SPEECHBRAIN_BESTRQ = {
     "frontend_channels": (128, 32),
     "tgt_vocab": 2048,  # its output_neurons; no decoder, so no parameter
 }
+
+
+def split_revision(name):
+    """``(mixer, commit)`` of a model name, ``commit`` None without one.
+
+    Example
+    -------
+    >>> split_revision("mamba@d6a653e"), split_revision("floor")
+    (('mamba', 'd6a653e'), ('floor', None))
+    """
+    mixer, sep, commit = name.partition(REVISION_SEP)
+    return mixer, (commit if sep else None)
+
+
+@functools.lru_cache(maxsize=None)
+def mixers_at(commit):
+    """The package ``lobes/nnet/mixers`` of ``commit``, importable on its
+    own: its files (``git show``, read-only) are written to a temporary
+    folder as the package ``brq_mixers_<commit>``, with its imports of
+    ``lobes.nnet.mixers`` renamed (the compiled scan of that commit builds
+    from its own source)."""
+    if not re.fullmatch(r"[0-9A-Za-z_.~^/-]+", commit):
+        raise ValueError(f"not a commit: {commit!r}")
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                              check=True).stdout
+
+    package = "brq_mixers_" + re.sub(r"\W", "_", commit)
+    root = Path(tempfile.mkdtemp(prefix="brq_mixers_"))
+    prefix = "lobes/nnet/mixers/"
+    for path in git("ls-tree", "-r", "--name-only", commit, prefix).decode().split():
+        data = git("show", f"{commit}:{path}")
+        if path.endswith(".py"):
+            data = data.decode().replace("lobes.nnet.mixers", package).encode()
+        target = root / package / path[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    sys.path.insert(0, str(root))
+    return importlib.import_module(package)
+
+
+def swap_mixers(encoder, commit):
+    """Replaces the token mixer of every layer of a ``ConformerEncoder`` by
+    the same mixer built from the code of ``commit`` (``mixers_at``), with
+    the same weights (in place; returns the encoder)."""
+    from lobes.nnet.encoder import ACTIVATIONS
+
+    package = mixers_at(commit)
+    cfg = encoder.config
+    for layer in encoder.layers:
+        with torch.random.fork_rng(devices=[]):  # the model's other weights unchanged
+            old = package.build_mixer(
+                cfg["mixer"], cfg["d_model"], cfg["nhead"], dropout=cfg["dropout"],
+                activation=ACTIVATIONS[cfg["activation"]],
+                padding_isolation=cfg["padding_isolation"], **cfg["mixer_kwargs"],
+            )
+        old.load_state_dict(layer.mixer.state_dict())
+        param = next(layer.mixer.parameters(), None)
+        layer.mixer = old if param is None else old.to(param.device)
+    return encoder
 
 
 def has_definition(mixer):
@@ -270,6 +342,7 @@ def model_config(mixer, size="paper"):
     """
     from lobes.config import encoder_config
 
+    mixer = split_revision(mixer)[0]
     if size not in SIZES:
         raise ValueError(f"size {size!r} is not one of {sorted(SIZES)}")
     spec = SIZES[size]
@@ -315,7 +388,9 @@ def build_model(mixer, size="paper", vocab=8192, device="cpu"):
     Arguments
     ---------
     mixer : str
-        Token mixer name, ``floor`` or ``speechbrain_relposmhaxl``.
+        Token mixer name, ``floor`` or ``speechbrain_relposmhaxl``; a mixer
+        name followed by ``@<commit>`` takes its mixers' code from that
+        commit (``swap_mixers``).
     size : str
         ``paper``, ``small`` or ``tiny`` (see ``SIZES``).
     vocab : int
@@ -346,6 +421,7 @@ def build_model(mixer, size="paper", vocab=8192, device="cpu"):
     """
     from lobes.nnet.encoder import ConformerEncoder
 
+    mixer, commit = split_revision(mixer)
     config = model_config(mixer, size)
     if mixer == SPEECHBRAIN_REF:
         model = SpeechBrainBestRQ(**config, vocab=vocab).to(device)
@@ -354,6 +430,8 @@ def build_model(mixer, size="paper", vocab=8192, device="cpu"):
         encoder = ConformerEncoder.from_config(config)
         if mixer == FLOOR:
             replace_mixers_with_identity(encoder)
+        elif commit:
+            swap_mixers(encoder, commit)
         model = PretrainingModel(encoder, config["d_model"], vocab).to(device)
     info = {
         "frontend": "/".join(map(str, config["frontend_channels"])),

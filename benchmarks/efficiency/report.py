@@ -28,6 +28,12 @@ WORK_TITLE = (
     "Work and throughput: matmul GFLOP (+ Mamba scan, analytic) / min time "
     "(ratio to the floor's throughput)"
 )
+MIXER_TITLE = (
+    "The token mixers' own work: seconds inside the mixers (hooks: forward, "
+    "+ backward in a training step; least over the runs) and their share of "
+    "the step, their GFLOP and GFLOP/s (ratio to the floor's throughput); "
+    "then the rest of the model's GFLOP/s (ratio to the floor's)"
+)
 
 
 def fmt(x, digits=3):
@@ -151,6 +157,24 @@ class _Cells:
             f"({fmt(r.get('throughput_ratio_floor'), 2)} floor)"
         )
 
+    def mixers(self, r):
+        """The mixers' time, share, GFLOP, GFLOP/s (over the floor's); the
+        rest's GFLOP/s (over the floor's). The floor: its throughput."""
+        if failed_reason(r):
+            return failed_reason(r)
+        floor = r.get("gflops_per_s", float("nan")) / r["throughput_ratio_floor"] if r.get(
+            "throughput_ratio_floor") else float("nan")
+        rest = r.get("rest_gflops_per_s", float("nan"))
+        if r["mixer"] == FLOOR:
+            return f"identity mixers; the floor: {fmt_sig(r.get('gflops_per_s'))} GFLOP/s"
+        share = r.get("mixer_share", float("nan"))
+        return (
+            f"{fmt(r.get('mixer_time_min_s'))} s ({fmt(100 * share, 0)}%), "
+            f"{fmt_sig(r.get('mixer_gflop'))} GFLOP, {fmt_sig(r.get('mixer_gflops_per_s'))} GFLOP/s "
+            f"({fmt(r.get('mixer_throughput_ratio_floor'), 2)} floor); rest "
+            f"{fmt_sig(rest)} GFLOP/s ({fmt(rest / floor, 2)} floor)"
+        )
+
 
 def _growth_name(rows, mode):
     """The growth column's name, e.g. ``80s/20s`` (``growth`` with fewer
@@ -239,9 +263,57 @@ def format_tables(rows, mode, header, markdown=False):
     out += model_table(rows, mode, mem_title, cells.mem, cells.mem_key, markdown)
     if any(not math.isnan(r.get("gflop", float("nan"))) for r in rows):
         out += model_table(rows, mode, WORK_TITLE, cells.work, "gflop", markdown)
+    if any(not math.isnan(r.get("mixer_time_min_s", float("nan"))) for r in rows):
+        out += model_table(rows, mode, MIXER_TITLE, cells.mixers, "mixer_time_min_s", markdown)
     out += _compile_lines(rows, markdown)
     out += check_linear(rows, mode, markdown)
+    out += check_mamba_step(rows, mode, markdown)
     return "\n".join(out)
+
+
+# Issue 23's paper-protocol criteria: Mamba's step against SummaryMixing's.
+MAMBA_STEP_LIMITS = {"memory": 1.1, "time": 1.3}
+
+
+def check_mamba_step(rows, mode, markdown=False):
+    """Paper protocol: at each duration where both ran, mamba's peak memory
+    (with the weights) and time over summarymixing's, against
+    ``MAMBA_STEP_LIMITS`` (fp32 eager rows; no verdict from fewer than
+    ``MIN_JUDGED_REPEATS`` timed runs).
+
+    Example
+    -------
+    >>> rows = [{"mode": "paper", "mixer": m, "seconds": 40.0, "status": "ok", "repeats": 10,
+    ...          "time_min_s": t, "mem_with_weights_mb": mb}
+    ...         for m, t, mb in (("summarymixing", 1.0, 1000.0), ("mamba", 1.2, 1150.0))]
+    >>> print("\\n".join(check_mamba_step(rows, "paper")))
+    mamba vs summarymixing (paper protocol, same run):
+      40 s: memory x1.15 (<= 1.1: FAIL), time x1.20 (<= 1.3: PASS)
+    <BLANKLINE>
+    """
+    if mode != "paper":
+        return []
+    rows = [r for r in rows if r["mode"] == mode and r.get("precision", "fp32") == "fp32"
+            and not r.get("compile")]
+    index = {(r["mixer"], r["seconds"]): r for r in rows}
+    lengths = sorted({s for m, s in index if m == "mamba" and ("summarymixing", s) in index})
+    if not lengths:
+        return []
+    bullet = "- " if markdown else "  "
+    repeats = timed_runs(rows)
+    out = ["mamba vs summarymixing (paper protocol, same run):"]
+    for s in lengths:
+        mamba, ref = index[("mamba", s)], index[("summarymixing", s)]
+        if mamba["status"] != "ok" or ref["status"] != "ok":
+            out.append(f"{bullet}{s:g} s: not judged ({failed_reason(mamba) or failed_reason(ref)})")
+            continue
+        parts = []
+        for what, key in (("memory", "mem_with_weights_mb"), ("time", TIME_KEY)):
+            ratio = mamba[key] / ref[key]
+            limit = MAMBA_STEP_LIMITS[what]
+            parts.append(f"{what} x{ratio:.2f} (<= {limit:g}: {verdict(ratio <= limit, repeats)})")
+        out.append(f"{bullet}{s:g} s: " + ", ".join(parts))
+    return out + [""]
 
 
 def check_linear(rows, mode, markdown=False):

@@ -47,6 +47,13 @@ CSV_FIELDS = [
     "gflop",
     "gflops_per_s",
     "throughput_ratio_floor",
+    "mixer_time_min_s",
+    "mixer_share",
+    "mixer_gflop",
+    "mixer_gflops_per_s",
+    "mixer_throughput_ratio_floor",
+    "rest_time_min_s",
+    "rest_gflops_per_s",
     *(f"{what}_ratio_{base}" for base in BASELINES for what in ("time", "mem")),
     "time_ratio_fp32",
     "compile_s",
@@ -100,17 +107,19 @@ def result_row(spec, info, runs, status, flops=None, extras=None):
         ``build_model``'s info (None: the point was not built).
     runs : list of list
         Per kept run: seconds, peak MB over the model, absolute peak MB,
-        peak MB with the weights, step seconds, CPU seconds.
+        peak MB with the weights, step seconds, CPU seconds, and (optional)
+        seconds inside the token mixers.
     status : str
         ``ok`` or the failure (``OOM``, a timeout, ``error: ...``).
-    flops : int, optional
-        Work of one step (``Point.flops``).
+    flops : int or list, optional
+        Work of one step (``Point.flops``): total, or ``[total, mixers]``.
     extras : dict, optional
         ``compile_s``, ``compile_max_abs_diff``, ``mem_method``.
     """
     nan = float("nan")
     ok = status == "ok" and bool(runs)
     times = [r[0] for r in runs] if ok else []
+    flops, flops_mixers = (flops, None) if not isinstance(flops, (list, tuple)) else flops
     row = {
         **{k: spec.get(k) for k in ("mixer", "seconds", "batch", "size", "device")},
         "protocol": spec.get("protocol", "default"),
@@ -136,7 +145,33 @@ def result_row(spec, info, runs, status, flops=None, extras=None):
         "status": status,
     }
     row["gflops_per_s"] = row["gflop"] / row[TIME_KEY] if ok else nan
+    row.update(_mixer_part(runs if ok else [], row["gflop"], flops_mixers))
     return row
+
+
+def _mixer_part(runs, gflop, flops_mixers):
+    """The token mixers' share of the timed runs: their least time (each
+    run's seconds inside the mixers, ``runs[i][6]``), its share of that
+    run, their work and throughput, and the same for the rest of the model
+    (each run's time outside the mixers)."""
+    nan = float("nan")
+    mixer = [(r[6], r[0]) for r in runs if len(r) > 6 and r[6] is not None and not math.isnan(r[6])]
+    part = dict.fromkeys(
+        ("mixer_time_min_s", "mixer_share", "mixer_gflop", "mixer_gflops_per_s",
+         "rest_time_min_s", "rest_gflops_per_s"), nan,
+    )
+    if not mixer:
+        return part
+    part["mixer_time_min_s"] = min(m for m, _ in mixer)
+    part["mixer_share"] = min(mixer, key=lambda mt: mt[1])[0] / min(t for _, t in mixer)
+    part["rest_time_min_s"] = min(t - m for m, t in mixer)
+    if flops_mixers is not None and not math.isnan(gflop):
+        part["mixer_gflop"] = flops_mixers / 1e9
+        if part["mixer_time_min_s"] > 0:
+            part["mixer_gflops_per_s"] = part["mixer_gflop"] / part["mixer_time_min_s"]
+        if part["rest_time_min_s"] > 0:
+            part["rest_gflops_per_s"] = (gflop - part["mixer_gflop"]) / part["rest_time_min_s"]
+    return part
 
 
 def row_label(r):
@@ -153,9 +188,9 @@ def row_label(r):
 def add_ratios(rows):
     """Adds to each row, at the same mode, precision and duration: time and
     memory ratios to each of ``BASELINES`` (``time/mem_ratio_<baseline>``,
-    NaN when not measured), its throughput over the floor's
-    (``throughput_ratio_floor``), and its time over the same model's in
-    fp32 (``time_ratio_fp32``)."""
+    NaN when not measured), its throughput and its mixers' over the floor's
+    (``throughput_ratio_floor``, ``mixer_throughput_ratio_floor``), and its
+    time over the same model's in fp32 (``time_ratio_fp32``)."""
     nan = float("nan")
     index = {
         (r["mode"], r.get("precision", "fp32"), bool(r.get("compile")), r["mixer"], r["seconds"]): r
@@ -175,6 +210,12 @@ def add_ratios(rows):
             r[f"mem_ratio_{base}"] = ratio(r, ref, "mem_peak_mb" if r["mode"] != "paper" else "mem_with_weights_mb")
         floor = index.get((r["mode"], prec, comp, FLOOR, r["seconds"]))
         r["throughput_ratio_floor"] = ratio(r, floor, "gflops_per_s")
+        mixer_rate = r.get("mixer_gflops_per_s", nan)
+        r["mixer_throughput_ratio_floor"] = (
+            mixer_rate / floor["gflops_per_s"]
+            if floor is not None and floor.get("gflops_per_s") and not math.isnan(mixer_rate)
+            else nan
+        )
         fp32 = index.get((r["mode"], "fp32", False, r["mixer"], r["seconds"]))
         r["time_ratio_fp32"] = ratio(r, fp32, TIME_KEY)
     return rows

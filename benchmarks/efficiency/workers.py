@@ -38,7 +38,9 @@ class _InProcess:
 
     def call(self, command, arg=None):
         if command == "run":
-            return list(self.point.run()) + [self.point.last_step_time, self.point.last_cpu]
+            return list(self.point.run()) + [
+                self.point.last_step_time, self.point.last_cpu, self.point.last_mixer_time,
+            ]
         if command == "flops":
             return self.point.flops()
         if command == "profile":

@@ -286,6 +286,11 @@ def test_vs_speechbrain_table_and_criteria():
     assert "PASS: mamba ≤ 1.5× summarymixing's time at 80 s (1.40×)" in criteria
     assert "FAIL: mamba no slower than mhsa at 20 s (1.20×)" in criteria
     assert "FAIL: summarymixing peak memory ≤ 0.45 of SpeechBrain's at 80 s (0.40)" not in criteria
+    # issue 23
+    assert "FAIL: summarymixing ≥ 4.5× SpeechBrain's speed at 80 s (3.30×)" in criteria
+    assert "FAIL: mamba ≤ 1.15× summarymixing's time at 80 s (1.40×)" in criteria
+    assert "FAIL: mamba ≤ 0.9× mhsa's time at 20 s (1.20×)" in criteria
+    assert table[0].endswith("| mixers at 80 s: time (share), GFLOP/s (vs floor) |")
 
 
 def test_default_models_come_from_the_registry(efficiency, monkeypatch):
@@ -359,3 +364,88 @@ def test_failed_point_is_marked_in_the_tables(efficiency, monkeypatch):
     assert len(fastformer) == 3  # time, memory, work
     assert all(line.count("failed: ValueError: cannot build") == 2 for line in fastformer)
     assert "  fastformer: failed: ValueError: cannot build" in text
+
+
+def test_mixers_own_time_and_work_beside_the_floor(efficiency, tmp_path):
+    """Forward and training step: each point records the seconds spent
+    inside its token mixers (forward hooks, + backward hooks in training)
+    and the work they do; the report tables their time, share, GFLOP/s and
+    its ratio to the floor's throughput beside the rest of the model's."""
+    efficiency.main([
+        "--mixers", "floor,summarymixing,mamba", "--lengths", "1", "--mode", "both",
+        *TINY, "--out", str(tmp_path),
+    ])
+    work = {}
+    for mode in ("forward", "train"):
+        with open(tmp_path / f"{mode}.csv") as f:
+            rows = {r["mixer"]: r for r in csv.DictReader(f)}
+        floor = rows.pop("floor")
+        assert float(floor["mixer_gflop"]) == 0
+        for name, r in rows.items():
+            t, mixer_t, rest_t = (float(r[k]) for k in ("time_min_s", "mixer_time_min_s", "rest_time_min_s"))
+            assert 0 < mixer_t < t and 0 < rest_t < t
+            assert 0 < float(r["mixer_share"]) < 1
+            gflop, mixer_gflop = float(r["gflop"]), float(r["mixer_gflop"])
+            assert 0 < mixer_gflop < gflop
+            assert float(r["mixer_gflops_per_s"]) == pytest.approx(mixer_gflop / mixer_t, rel=1e-3)
+            assert float(r["rest_gflops_per_s"]) == pytest.approx((gflop - mixer_gflop) / rest_t, rel=1e-3)
+            assert float(r["mixer_throughput_ratio_floor"]) == pytest.approx(
+                float(r["mixer_gflops_per_s"]) / float(floor["gflops_per_s"]), rel=1e-3)
+            work[mode, name] = mixer_gflop
+        md = (tmp_path / f"{mode}.md").read_text()
+        assert "The token mixers' own work" in md
+        assert "identity mixers; the floor:" in md and "floor); rest" in md
+    # the training step counts the mixers' backward (about twice the forward)
+    for name in ("summarymixing", "mamba"):
+        assert 2.5 < work["train", name] / work["forward", name] < 3.5
+
+
+def test_mixer_timer_times_forward_and_backward(efficiency):
+    model, _ = efficiency.build_model("summarymixing", "tiny", vocab=16)
+    assert [n for n, _ in efficiency.mixer_modules(model)] == ["encoder.layers.0.mixer", "encoder.layers.1.mixer"]
+    sb, _ = efficiency.build_model("speechbrain_relposmhaxl", "tiny", vocab=16)
+    assert len(efficiency.mixer_modules(sb)) == 2
+    timer = efficiency.MixerTimer(model, backward=True)
+    out = model(torch.randn(1, 40, 80))
+    assert len(timer.spans) == 2  # one forward span per layer
+    out.sum().backward()
+    assert len(timer.spans) == 4 and timer.seconds() > 0
+    timer.reset()
+    assert timer.seconds() == 0
+    timer.remove()
+    model(torch.randn(1, 40, 80)).sum().backward()
+    assert timer.spans == []
+
+
+def test_paper_protocol_checks_mamba_against_summarymixing(efficiency):
+    def row(mixer, t, mb, repeats=10):
+        return {"mode": "paper", "mixer": mixer, "seconds": 40.0, "status": "ok", "repeats": repeats,
+                "time_min_s": t, "mem_with_weights_mb": mb, "precision": "fp32"}
+
+    lines = efficiency.check_mamba_step([row("summarymixing", 1.0, 1000.0), row("mamba", 1.25, 1050.0)], "paper")
+    assert lines[1] == "  40 s: memory x1.05 (<= 1.1: PASS), time x1.25 (<= 1.3: PASS)"
+    lines = efficiency.check_mamba_step([row("summarymixing", 1.0, 1000.0, 2), row("mamba", 1.4, 900.0, 2)], "paper")
+    assert "time x1.40 (<= 1.3: not judged: 2 repeats < 5)" in lines[1]
+    assert efficiency.check_mamba_step([row("mamba", 1.0, 1.0)], "paper") == []
+    assert efficiency.check_mamba_step([row("summarymixing", 1.0, 1.0), row("mamba", 1.0, 1.0)], "forward") == []
+
+
+def test_a_model_can_take_its_mixers_from_a_commit(efficiency):
+    """``<mixer>@<commit>``: the same model and weights, the token mixers'
+    code of that commit (read with ``git show``): a before/after of the
+    mixers in one interleaved run."""
+    assert efficiency.split_revision("fastformer@HEAD") == ("fastformer", "HEAD")
+    torch.manual_seed(0)
+    now, info = efficiency.build_model("fastformer", "tiny", vocab=16)
+    torch.manual_seed(0)
+    then, then_info = efficiency.build_model("fastformer@HEAD", "tiny", vocab=16)
+    assert then_info == info
+    mixer = then.encoder.layers[0].mixer
+    assert type(mixer).__module__ == "brq_mixers_HEAD.fastformer"
+    for (k, a), (_, b) in zip(now.state_dict().items(), then.state_dict().items()):
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b, k
+    x = torch.randn(1, 40, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(then.eval()(x), now.eval()(x), atol=1e-5, rtol=1e-5)
+    args = efficiency.parse_args(["--mixers", "fastformer@HEAD"])
+    efficiency.cli._check_args(args, ["fastformer@HEAD"], ["fp32"])

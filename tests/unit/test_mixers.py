@@ -419,27 +419,74 @@ def test_mamba_cpu_kernel_gradients_equal_the_reference(batch, length, d_inner, 
 
 
 @needs_cpu_kernel
-def test_bimamba_trains_and_infers_through_the_cpu_kernel(monkeypatch):
-    """Inference and training both go through the compiled scan, with the
-    PyTorch scan's outputs and gradients (padding isolation included)."""
-    mixer = BiMamba(D, d_state=4)
-    x = torch.randn(2, 19, D)
-    pad = torch.zeros(2, 19, dtype=torch.bool)
-    pad[1, 12:] = True
+@pytest.mark.parametrize("d_model", [D, 10])
+def test_bimamba_trains_and_infers_through_the_cpu_kernel(monkeypatch, d_model):
+    """Inference and training both go through the fused CPU block (both
+    directions, the backward one reversed within each utterance by the
+    kernels), with the PyTorch scan's outputs and gradients (padding
+    isolation included; a width off the multiples of 8 takes the
+    zero-padded products)."""
+    mixer = BiMamba(d_model, d_state=4)
+    with torch.no_grad():  # larger than the init: the mixing is not negligible
+        for p in mixer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(3, 19, d_model, requires_grad=True)
+    pad = pad_mask_of([19, 12, 1], 19)
     calls = []
-    kernel = cpu_scan.scan_forward
-    monkeypatch.setattr(cpu_scan, "scan_forward", lambda *a: calls.append(1) or kernel(*a))
+    fused = cpu_scan.mamba_direction
+    monkeypatch.setattr(cpu_scan, "mamba_direction", lambda *a: calls.append(a[-1]) or fused(*a))
     fast = mixer(x, pad)
-    assert len(calls) == 2  # both directions
-    fast_grads = torch.autograd.grad(fast.sum(), list(mixer.parameters()))
+    assert calls == [False, True]  # both directions, the second reversed
+    fast_grads = torch.autograd.grad((fast - x).square().sum(), [x, *mixer.parameters()])
+    with torch.no_grad():
+        assert torch.equal(mixer(x, pad), fast)
     for block in (mixer.fwd, mixer.bwd):
         block.backend = "torch"
     slow = mixer(x, pad)
-    assert len(calls) == 2
-    slow_grads = torch.autograd.grad(slow.sum(), list(mixer.parameters()))
-    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 4  # the PyTorch scan: no further fused call
+    slow_grads = torch.autograd.grad((slow - x).square().sum(), [x, *mixer.parameters()])
+    torch.testing.assert_close(fast - x, slow - x, atol=1e-5, rtol=1e-5)
     for a, b in zip(fast_grads, slow_grads):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-4)
+
+
+def plain_mamba_direction(block, h, lengths, reverse):
+    """One direction of a Mamba block in plain PyTorch, the reference of
+    ``cpu_scan.mamba_direction``: reverse each utterance within its length
+    (``reverse``), run the block's layers one by one (``nn.Conv1d``, the
+    sequential scan), reverse back."""
+    if reverse:
+        h = mamba.reverse_within_lengths(h, lengths)
+    out = original_mamba_block_forward(block, h)
+    return mamba.reverse_within_lengths(out, lengths) if reverse else out
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("d_model,length", [(10, 1), (10, 70), (24, 37)])
+def test_fused_mamba_direction_equals_the_plain_block(reverse, d_model, length):
+    """The fused direction (compiled convolution + SiLU, scan with softplus
+    and gate, zero-padded products) gives the plain block's outputs and
+    gradients, on every frame (padding included), in both orders, over
+    more than one 64-frame chunk of the backward, with channel counts off
+    the kernels' 16-wide blocks."""
+    block = MambaBlock(d_model, d_state=5)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    lengths = torch.tensor([length, max(1, length // 2), 1])
+    h = torch.randn(3, length, d_model, requires_grad=True)
+    params = [h, *block.parameters()]
+    out = cpu_scan.mamba_direction(h, *block.fused_weights(), lengths, reverse)
+    assert out.shape == (3, length, -(-d_model // 8) * 8) and not out[..., d_model:].any()
+    out = out[..., :d_model]
+    ref = plain_mamba_direction(block, h, lengths, reverse)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grad_out = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * grad_out).sum(), params)
+    ref_grads = torch.autograd.grad((ref * grad_out).sum(), params)
+    for name, g, r in zip(["h", *dict(block.named_parameters())], grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5 * r.abs().max().item(), rtol=1e-4, msg=name)
 
 
 def test_mamba_cpu_kernel_build_failure_falls_back_with_a_warning(monkeypatch):

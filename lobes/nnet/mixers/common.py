@@ -11,6 +11,7 @@ Authors
 """
 
 import math
+from collections import OrderedDict
 
 import torch
 
@@ -148,3 +149,37 @@ def sinusoidal_positions(length, d_model, device=None, dtype=None):
     pe[:, 0::2] = torch.sin(pos * inv_freq)
     pe[:, 1::2] = torch.cos(pos * inv_freq)[:, : d_model // 2]
     return pe.unsqueeze(0).to(dtype or torch.float32)
+
+
+_POSITIONS = OrderedDict()  # (length, d_model, device, dtype) -> (1, T, D)
+_POSITIONS_KEPT = 4
+
+
+def cached_sinusoidal_positions(length, d_model, device=None, dtype=None):
+    """``sinusoidal_positions``, kept for the last few shapes.
+
+    The same tensor (the same values) for every call with the same length,
+    width, device and dtype, instead of ``T x D / 2`` sines and cosines per
+    call (HyperMixing adds them in every layer). Callers must not modify it
+    in place. Created outside inference mode, so that it serves training
+    and inference alike; computed afresh while ``torch.compile`` traces.
+
+    Example
+    -------
+    >>> a = cached_sinusoidal_positions(7, 4)
+    >>> a is cached_sinusoidal_positions(7, 4), torch.equal(a, sinusoidal_positions(7, 4))
+    (True, True)
+    """
+    if torch.compiler.is_compiling():
+        return sinusoidal_positions(length, d_model, device=device, dtype=dtype)
+    key = (length, d_model, torch.device(device or "cpu"), dtype or torch.float32)
+    pe = _POSITIONS.get(key)
+    if pe is None:
+        with torch.inference_mode(False), torch.no_grad():
+            pe = sinusoidal_positions(length, d_model, device=device, dtype=dtype)
+        _POSITIONS[key] = pe
+        while len(_POSITIONS) > _POSITIONS_KEPT:
+            _POSITIONS.popitem(last=False)
+    else:
+        _POSITIONS.move_to_end(key)
+    return pe

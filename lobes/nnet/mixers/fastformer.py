@@ -30,7 +30,7 @@ Authors
 
 import math
 
-import torch  # noqa: F401  (the examples)
+import torch
 from torch import nn
 
 from lobes.nnet.mixers.common import masked_softmax_pool
@@ -111,14 +111,27 @@ class Fastformer(nn.Module):
         B, T, D = x.shape
         H, dh = self.nhead, self.d_head
         scale = 1.0 / math.sqrt(dh)
+        # Without gradients (and autocast's dtypes), the (B, T, D) tensors
+        # are overwritten once used: no new one after the projections.
+        inplace = not torch.is_autocast_enabled(x.device.type) and (
+            not torch.is_grad_enabled()
+            or not (x.requires_grad or any(w.requires_grad for w in self.parameters()))
+        )
         q = self.query_proj(x)
         global_q = masked_softmax_pool(
             self.query_attn(q) * scale, q.view(B, T, H, dh), pad_mask
         )  # (B, 1, H, dh)
-        p = self.dropout(global_q).reshape(B, 1, D) * self.key_proj(x)
+        # p = global_q * (x W_k + b_k), the bias added in the same pass
+        gq = self.dropout(global_q).reshape(B, 1, D)
+        k = torch.matmul(x, self.key_proj.weight.t())
+        p = torch.addcmul(self.key_proj.bias * gq, k, gq, out=k if inplace else None)
         global_k = masked_softmax_pool(
             self.key_attn(p) * scale, p.view(B, T, H, dh), pad_mask
         )
         v = q if self.value_proj is None else self.value_proj(x)
-        u = self.dropout(global_k).reshape(B, 1, D) * v
-        return self.out_proj(u) + q
+        gk = self.dropout(global_k).reshape(B, 1, D)
+        u = torch.mul(v, gk, out=p if inplace else None)
+        # out_proj(u) + q, q taken as the product's addend
+        weight = self.out_proj.weight.t().expand(B, -1, -1)
+        out = q.baddbmm_(u, weight) if inplace else torch.baddbmm(q, u, weight)
+        return out.add_(self.out_proj.bias)

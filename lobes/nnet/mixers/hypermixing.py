@@ -12,18 +12,22 @@ keys as ``speechbrain.nnet.hypermixing.HyperMixing``) but fixes two problems
 of SpeechBrain 1.1.2's module for long inputs: it allocates dummy attention
 weights ``zeros(B, T, T)`` at every call (quadratic memory in a mixer whose
 point is linear cost), and its positional table stops at 3000 frames
-(2 minutes at 40 ms). Here positions are computed for any length and only the
-(B, T, D) output is returned.
+(2 minutes at 40 ms). Here positions are computed for any length (and kept
+for the last few lengths) and only the (B, T, D) output is returned. The
+hypernetwork's parameters are applied directly (``HyperMixing._generate``):
+the same numbers as its ``forward`` (tested) in fewer passes over memory,
+the biases inside the products, no separate masking of W1 and W2.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
 import torch
+import torch.nn.functional as F
 from speechbrain.nnet.hypermixing import HyperNetwork
 from torch import nn
 
-from lobes.nnet.mixers.common import sinusoidal_positions
+from lobes.nnet.mixers.common import cached_sinusoidal_positions
 
 
 class HyperMixing(nn.Module):
@@ -106,18 +110,52 @@ class HyperMixing(nn.Module):
             frames: the LayerNorm of zeros, as SpeechBrain's module).
         """
         B, T, D = x.shape
-        H = self.nhead
-        valid = None
+        H, dh = self.nhead, D // self.nhead
         if pad_mask is not None:
-            valid = (~pad_mask).unsqueeze(-1).to(x.dtype)
-            x = x * valid
-        hyper_in = x + sinusoidal_positions(T, D, device=x.device, dtype=x.dtype)
-        W1, W2 = self.hyper(hyper_in)  # (B, H, T, k)
-        if valid is not None:
-            W1 = W1 * valid.unsqueeze(1)
-            W2 = W2 * valid.unsqueeze(1)
-        out = x.transpose(1, 2).reshape(B * H, D // H, T)
-        hidden = self.activation(torch.bmm(out, W1.reshape(B * H, T, -1)))
-        out = torch.bmm(hidden, W2.reshape(B * H, T, -1).transpose(1, 2))
-        out = self.layer_norm(out.reshape(B, D, T).transpose(1, 2))
-        return out
+            x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+        pos = cached_sinusoidal_positions(T, D, device=x.device, dtype=x.dtype)
+        W1, W2 = self._generate(x + pos)  # (H, B, T, k)
+        # Padded rows of W1 meet zero frames of x: they add nothing. Those of
+        # W2 only reach padded outputs, zeroed below (SpeechBrain zeroes the
+        # rows of W1 and W2 instead: the same numbers, two passes more).
+        xt = x.view(B, T, H, dh).permute(2, 0, 3, 1)  # (H, B, dh, T), a view
+        hidden = self._gelu(torch.matmul(xt, W1))  # (H, B, dh, k)
+        out = torch.matmul(hidden, W2.transpose(-1, -2))  # (H, B, dh, T)
+        out = out.permute(1, 3, 0, 2).reshape(B, T, D)  # (B, T, D) (a view for B = 1)
+        if pad_mask is not None:
+            out = out.masked_fill_(pad_mask.unsqueeze(-1), 0.0)
+        return self.layer_norm(out)
+
+    @staticmethod
+    def _gelu(h):
+        """GELU (the exact one, as ``self.activation`` and SpeechBrain's
+        hypernetwork), in place where no gradient is needed."""
+        if torch.is_grad_enabled() and h.requires_grad:
+            return F.gelu(h)
+        return torch.ops.aten.gelu_(h)
+
+    def _generate(self, hyper_in):
+        """W1 and W2 (H, B, T, k) of the hypernetwork for ``hyper_in``
+        (B, T, D): the numbers of SpeechBrain's ``HyperNetwork`` (per head,
+        ``fc2(GELU(fc1(x_h)))``), computed from the heads' strided views
+        with the biases inside the products (``baddbmm``) and both
+        generators' first layers in one product."""
+        B, T, D = hyper_in.shape
+        H = self.nhead
+        gens = [self.hyper.w1_gen]
+        if not self.hyper.tied:
+            gens.append(self.hyper.w2_gen)
+        heads = hyper_in.reshape(B * T, H, D // H).transpose(0, 1)  # (H, BT, dh)
+        w1 = torch.cat([g.fc1_weights for g in gens], 1)  # (H, n * hidden, dh)
+        b1 = torch.cat([g.fc1_biases for g in gens], 1)
+        hidden = self._gelu(torch.baddbmm(b1.unsqueeze(1), heads, w1.transpose(1, 2)))
+        size = gens[0].fc1_weights.shape[1]
+        W = [
+            torch.baddbmm(
+                g.fc2_biases.unsqueeze(1),
+                hidden[..., i * size:(i + 1) * size],
+                g.fc2_weights.transpose(1, 2),
+            ).view(H, B, T, -1)
+            for i, g in enumerate(gens)
+        ]
+        return W[0], W[-1]

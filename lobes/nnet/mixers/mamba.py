@@ -15,10 +15,15 @@ utterance's own length, so padding stays at the end and, everything being
 causal, never reaches a real frame).
 
 On CUDA, when the ``mamba-ssm`` package is installed, the scan runs its fused
-kernel (``selective_scan_fn``). On a CPU, where no gradient is needed, it
-runs a compiled kernel of ours (``lobes.nnet.mixers.cpu_scan``: one pass, no
-states in memory, compiled on first use); elsewhere, and where that kernel
-cannot be built, ``selective_scan`` runs it in PyTorch, chunk by chunk, the
+kernel (``selective_scan_fn``). On a CPU, in float32, the whole block runs
+fused (``lobes.nnet.mixers.cpu_scan.mamba_direction``, compiled on first
+use, with or without gradients): the convolution + SiLU and the scan with
+the step's softplus and the gate folded in, no states in memory, one
+autograd node that recomputes what it does not keep; ``BiMamba``'s backward
+block runs backwards in time inside the kernels instead of on reversed
+copies. Under autocast on a CPU the projections run in its precision
+around the compiled scan alone; elsewhere, and where the kernel cannot be
+built, ``selective_scan`` runs the scan in PyTorch, chunk by chunk, the
 recurrence frame by frame on reused buffers. All paths use the same
 parameters, with the same names as ``mamba_ssm.modules.mamba_simple.Mamba``,
 so a checkpoint trained on GPU loads and runs on CPU.
@@ -319,6 +324,34 @@ class MambaBlock(nn.Module):
             return False
         return cpu_scan.cpu_scan_available()
 
+    def _use_fused(self, x):
+        """The fused CPU block (``cpu_scan.mamba_direction``): where the
+        compiled scan runs, in float32 without autocast (under autocast the
+        projections stay in its precision, with the compiled scan alone)."""
+        return (
+            self._use_cpu_kernel(x)
+            and not torch.is_autocast_enabled("cpu")
+            and x.dtype == torch.float32
+            and self.in_proj.weight.dtype == torch.float32
+        )
+
+    def fused_weights(self):
+        """The arguments of ``cpu_scan.mamba_direction`` after its input:
+        the weights, ``A = -exp(A_log)`` and ``D``."""
+        return (
+            self.in_proj.weight, self.conv1d.weight, self.conv1d.bias,
+            self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias,
+            -torch.exp(self.A_log.float()), self.D, self.out_proj.weight,
+        )
+
+    def fused(self, x, lengths=None, reverse=False):
+        """The block on a CPU through ``cpu_scan.mamba_direction``: (B, T, D)
+        -> (B, T, D), in the order of a direction (``reverse``: backwards
+        within ``lengths``, as on ``reverse_within_lengths(x)``, with the
+        output at the original frames)."""
+        out = cpu_scan.mamba_direction(x, *self.fused_weights(), lengths, reverse)
+        return out[..., : x.shape[-1]]
+
     def _causal_conv_time_major(self, u):
         """The causal depthwise ``conv1d`` on time-major (B, T, D_in) frames.
 
@@ -364,6 +397,8 @@ class MambaBlock(nn.Module):
                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
             )
             return self.out_proj(y.transpose(1, 2))
+        if self._use_fused(x):
+            return self.fused(x)
         # PyTorch path, time-major (B, T, .) throughout: no transposing copy.
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, D_in) views
         u = F.silu(self._causal_conv_time_major(u))
@@ -473,6 +508,14 @@ class BiMamba(nn.Module):
     def forward(self, x, pad_mask=None, pos_emb=None):
         """Mixes (B, T, D) frames; ``pad_mask`` (B, T) is True on padding."""
         h = self.norm(x.to(self.norm.weight.dtype)).to(x.dtype)
+        if self.fwd._use_fused(h) and self.bwd._use_fused(h):
+            # Both directions fused, the backward one run backwards in time
+            # by the kernels: nothing reversed in memory.
+            lengths = None
+            if pad_mask is not None and self.padding_isolation:
+                lengths = (~pad_mask).sum(dim=1)
+                h = zero_padded(h, pad_mask)
+            return x + self.fwd.fused(h) + self.bwd.fused(h, lengths, reverse=True)
         if pad_mask is None or not self.padding_isolation:
             backward = self.bwd(h.flip(1)).flip(1)
         else:

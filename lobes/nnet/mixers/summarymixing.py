@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from speechbrain.nnet.activations import Swish
 from torch import nn
 
-from lobes.nnet.mixers.common import masked_mean, zero_padded
+from lobes.nnet.mixers.common import masked_mean
 
 MODES = ("SummaryMixing", "SummaryMixing-lite")
 
@@ -100,6 +100,26 @@ def _mlp(in_dim, sizes, activation, nhead):
         layers += [HeadedLinear(dim, size, nhead), activation()]
         dim = size
     return nn.Sequential(*layers)
+
+
+def _activate(activation, x):
+    """``activation(x)``, in place where nothing needs ``x`` afterwards (no
+    gradient) and the activation is SiLU (the Conformer's Swish with beta
+    1): one pass over ``x`` and no new tensor."""
+    silu = isinstance(activation, nn.SiLU) or (
+        isinstance(activation, Swish) and activation.beta == 1
+    )
+    if silu and not (torch.is_grad_enabled() and x.requires_grad):
+        return F.silu(x, inplace=True)
+    return activation(x)
+
+
+def _run_mlp(mlp, x):
+    """``mlp(x)`` with ``_activate``'s activations."""
+    layers = list(mlp)
+    for layer, activation in zip(layers[::2], layers[1::2]):
+        x = _activate(activation, layer(x))
+    return x
 
 
 class SummaryMixing(nn.Module):
@@ -197,19 +217,27 @@ class SummaryMixing(nn.Module):
         torch.Tensor
             (B, T, D); padded frames do not reach real ones.
         """
-        T = x.shape[1]
-        summary = masked_mean(self.summary(x), pad_mask)  # (B, 1, D)
+        B, T, _ = x.shape
+        summary = masked_mean(_run_mlp(self.summary, x), pad_mask)  # (B, 1, D)
         if self.mode == "SummaryMixing-lite":
             return summary.expand(-1, T, -1)
         # Padded frames enter the local LayerNorm as zeros (as in the
-        # authors' code; it only matters for what padded frames output).
-        local = self.local_norm(zero_padded(self.local(x), pad_mask))
+        # authors' code; it only matters for what padded frames output),
+        # zeroed in place where no gradient is needed.
+        local = _run_mlp(self.local, x)
+        if pad_mask is not None:
+            fill = local.masked_fill if local.requires_grad else local.masked_fill_
+            local = fill(pad_mask.unsqueeze(-1), 0.0)
+        local = self.local_norm(local)
         # combiner(cat([local, summary])) with the summary's half of the
-        # product computed once per utterance (it is the same on every frame)
+        # product computed once per utterance (it is the same on every
+        # frame) and added inside the product over the frames (baddbmm).
         linear, activation = self.combiner
         n_local = local.shape[-1]
         per_utt = F.linear(
             self.summary_norm(summary), linear.weight[:, n_local:], linear.bias
         )  # (B, 1, D)
-        out = torch.matmul(local, linear.weight[:, :n_local].t())
-        return activation(out + per_utt)
+        out = torch.baddbmm(
+            per_utt.expand(B, T, -1), local, linear.weight[:, :n_local].t().expand(B, -1, -1)
+        )
+        return _activate(activation, out)
