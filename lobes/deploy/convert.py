@@ -26,6 +26,19 @@ with the keys that do not fit. The result is an exported model folder
 ``hyperparams.yaml``, ``README.md``, usable as ``pretrained_path`` by every
 probe and fine-tuning recipe and by ``lobes.deploy.inference.BestRQEncoder``.
 
+The feature normalisation goes with the model folder (``normalizer.ckpt``,
+model card), so that inference, probes and fine-tuning apply it: the global
+statistics of the source's ``normalize.ckpt`` when it holds some (the fork's
+runs: ``authors``; SpeechBrain 1.1's global normaliser: ``pooled``), else
+per-utterance normalisation (``sentence``): SpeechBrain's own recipe sets
+``norm_type: sentence``, which saves a ``normalize.ckpt`` without statistics.
+``normalization="sentence"`` forces the latter; the run's
+``hyperparams.yaml`` (two folders above ``CKPT+...``, where SpeechBrain
+copies it), when present, is read as text to refuse a file without
+statistics from a run that normalised globally. SpeechBrain before 1.1 took
+the *unbiased* per-utterance deviation, 1.1 the biased one (ours): on
+utterances of n frames the two differ by a factor sqrt(n / (n - 1)).
+
 ``padding_isolation=False`` makes the converted encoder compute exactly what
 the source did on padded batches (see ``lobes.nnet.encoder``); the default keeps
 padding away from real frames (identical outputs on unpadded input).
@@ -49,6 +62,7 @@ import torch
 import yaml
 
 from lobes.nnet.encoder import ConformerEncoder
+from lobes.nnet.normalization import FeatureNormalizer, read_statistics
 from lobes.utils.progress import Steps
 from lobes.utils.safe_io import disk_full_error, is_write_failure, load_tensors
 
@@ -304,8 +318,64 @@ def map_state(frontend, transformer, mixer):
     return state, unmapped, origin
 
 
+NORM_TYPE = re.compile(r"^\s*norm_type:\s*['\"]?(\w+)", re.MULTILINE)
+
+
+def run_norm_types(model_file):
+    """The ``norm_type`` values of ``InputNormalization`` written in the run's
+    ``hyperparams.yaml`` (read as text, never executed), if the file is where
+    SpeechBrain puts it (``<output_folder>/hyperparams.yaml``, with the
+    checkpoints in ``<output_folder>/save/CKPT+...``); else an empty set."""
+    for folder in list(Path(model_file).absolute().parents)[1:3]:
+        hparams = folder / "hyperparams.yaml"
+        if hparams.is_file():
+            try:
+                return set(NORM_TYPE.findall(hparams.read_text(errors="replace")))
+            except OSError:
+                return set()
+    return set()
+
+
+def source_normalization(model_file, normalizer_file, normalization=None):
+    """The feature normalisation of a source checkpoint, as the state of a
+    ``FeatureNormalizer`` (see the module docstring).
+
+    Raises
+    ------
+    FileNotFoundError
+        No normaliser file, and ``normalization`` is not ``"sentence"``.
+    ValueError
+        A file without statistics from a run whose YAML normalised globally.
+    """
+    if normalization not in (None, "sentence"):
+        raise ValueError(f"normalization={normalization!r}: use None or 'sentence'")
+    if normalization == "sentence":
+        return FeatureNormalizer("sentence").state()
+    if normalizer_file is None:
+        raise FileNotFoundError(
+            f"No normaliser file beside {model_file} (normalize.ckpt or "
+            "normalizer.ckpt): the converted encoder needs the pretraining's "
+            "feature normalisation. If the run normalised each utterance "
+            "(norm_type: sentence), pass --normalization sentence."
+        )
+    stats = read_statistics(normalizer_file)
+    if stats["method"] is not None:
+        return stats
+    declared = run_norm_types(model_file) - {"sentence"}
+    if declared:
+        raise ValueError(
+            f"{normalizer_file} holds no feature statistics, but the run's "
+            f"hyperparams.yaml sets norm_type: {', '.join(sorted(declared))}: "
+            "its normaliser never saw a batch, so the checkpoint was not trained "
+            "with it. Convert a checkpoint of that run written after training "
+            "started, or pass --normalization sentence if the model was trained "
+            "with per-utterance normalisation."
+        )
+    return FeatureNormalizer("sentence").state()
+
+
 def convert_checkpoint(checkpoint, out_folder, layout="authors", activation=None,
-                       padding_isolation=True):
+                       padding_isolation=True, normalization=None):
     """Converts a source checkpoint into an exported model folder.
 
     Arguments
@@ -321,6 +391,9 @@ def convert_checkpoint(checkpoint, out_folder, layout="authors", activation=None
     padding_isolation : bool
         False: the converted encoder computes exactly what the source did on
         padded batches.
+    normalization : str, optional
+        None: what the source's ``normalize.ckpt`` holds (global statistics,
+        else per utterance); ``"sentence"``: per utterance, whatever the file.
 
     Returns
     -------
@@ -336,19 +409,7 @@ def convert_checkpoint(checkpoint, out_folder, layout="authors", activation=None
     steps = Steps(f"Converting {model_file}", [
         "reading the checkpoint", "building our encoder, mapping the weights",
         "writing the converted weights"])
-    if normalizer_file is None:
-        raise FileNotFoundError(
-            f"No normaliser statistics beside {model_file} (normalizer.ckpt or "
-            "normalize.ckpt): the converted encoder needs the pretraining's "
-            "feature statistics."
-        )
-    stats = load_tensors(normalizer_file, what="normaliser statistics file")
-    if not isinstance(stats, dict) or not torch.is_tensor(stats.get("glob_mean")) or stats["glob_mean"].numel() == 0:
-        raise ValueError(
-            f"{normalizer_file} holds no global feature statistics (a "
-            "norm_type: sentence normaliser?): this package's encoders expect "
-            "globally normalised features."
-        )
+    stats = source_normalization(model_file, normalizer_file, normalization)
     state = load_tensors(model_file, what="checkpoint")
     if not isinstance(state, dict):
         raise ValueError(f"{model_file} holds a {type(state).__name__}, not a state dict.")
@@ -413,14 +474,20 @@ def main(argv=None):
                         help="override the layout's Conformer activation")
     parser.add_argument("--padding_isolation", choices=["true", "false"], default="true",
                         help="false: compute exactly what the source computed on padded batches")
+    parser.add_argument("--normalization", choices=["auto", "sentence"], default="auto",
+                        help="auto: the global statistics of the source's normalize.ckpt, "
+                        "else per utterance (SpeechBrain's recipe, norm_type: sentence); "
+                        "sentence: per utterance whatever the file holds")
     args = parser.parse_args(argv)
     try:
         out = convert_checkpoint(args.checkpoint, args.out, args.layout, args.activation,
-                                 args.padding_isolation == "true")
+                                 args.padding_isolation == "true",
+                                 None if args.normalization == "auto" else "sentence")
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"lobes.deploy.convert: error: {err}", file=sys.stderr)
         return 1
-    print(f"Converted into {out}")
+    method = read_statistics(Path(out) / "normalizer.ckpt")["method"]
+    print(f"Converted into {out} (feature normalisation: {method})")
     return 0
 
 

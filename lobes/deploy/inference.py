@@ -12,8 +12,9 @@ loaded from a model folder written by ``lobes.deploy.export`` (``encoder.ckpt``,
     out = encoder.encode_batch(wavs, wav_lens, layer_weights=w)
     out.weighted_sum         # (B, T', D) = sum_l w_l * hidden_states[l]
 
-It runs the pretraining's feature pipeline (80 fbank, global normalisation
-with the pretraining statistics, never updated) and the encoder, in eval mode
+It runs the pretraining's feature pipeline (80 fbank, then the pretraining's
+normalisation: its global statistics, never updated, or per utterance) and
+the encoder, in eval mode
 and without gradients, on CPU or GPU (``run_opts={"device": "cuda"}``), for
 every token mixer. Inputs are never chunked: with a linear mixer, minutes of
 audio cost time and memory linear in their length (MHSA's cost is quadratic).

@@ -14,10 +14,12 @@ BEST-RQ study's fork become our encoders, with the same numbers.
 """
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
 from speechbrain.lobes.models.transformer.TransformerASR import (
     EncoderWrapper,
@@ -26,6 +28,8 @@ from speechbrain.lobes.models.transformer.TransformerASR import (
 from speechbrain.processing.features import InputNormalization
 
 from lobes.deploy.convert import convert_checkpoint, main
+from lobes.deploy.inference import BestRQEncoder
+from lobes.nnet.normalization import FeatureNormalizer, read_statistics
 from lobes.deploy.loading import encoder_from_checkpoint, load_pretrained
 from lobes.nnet.mixers.mamba import selective_scan_ref
 from conftest import save_normalizer
@@ -243,3 +247,97 @@ def test_fork_mamba_block_converts_and_equals_the_forks_equations(tmp_path):
         fwd = mamba_ref(src, "forward_blocks.0.mixer.mamba_fwd.", h)
         rev = mamba_ref(src, "forward_blocks.0.mixer.mamba_rev.", h.flip(0)).flip(0)
         torch.testing.assert_close(out[0], x[0] + fwd + rev, atol=1e-4, rtol=1e-4)
+
+
+RECIPE_YAML = Path(__file__).parents[1] / "data" / "speechbrain_bestrq_recipe.yaml"
+
+
+def speechbrain_recipe_run(output_folder, attention_type="RelPosMHAXL"):
+    """A checkpoint written the way SpeechBrain's BEST-RQ recipe writes it:
+    its YAML's modules, normaliser (``norm_type: sentence``) and Checkpointer,
+    one training-mode pass of its feature pipeline, its ``hyperparams.yaml``
+    copied into the output folder (``sb.create_experiment_directory``)."""
+    output_folder.mkdir(parents=True)
+    text = RECIPE_YAML.read_text()
+    (output_folder / "hyperparams.yaml").write_text(text)
+    hparams = load_hyperpyyaml(text, {"output_folder": str(output_folder),
+                                      "attention_type": attention_type})
+    wavs = torch.randn(2, 16000)
+    feats = hparams["compute_features"](wavs)
+    feats = hparams["normalize"].train()(feats, torch.tensor([1.0, 0.8]), epoch=1)
+    hparams["wrapper"](hparams["CNN"](feats), torch.tensor([1.0, 0.8]))
+    hparams["checkpointer"].save_checkpoint()
+    return hparams
+
+
+@pytest.mark.parametrize("attention_type", ["RelPosMHAXL", "hypermixing"])
+def test_speechbrain_recipe_checkpoint_with_sentence_normalisation(attention_type, tmp_path):
+    """The recipe's checkpoint (normalize.ckpt without statistics) converts;
+    the model folder records per-utterance normalisation, and the inference
+    interface computes what the recipe's modules compute from waveforms."""
+    torch.manual_seed(0)
+    hp = speechbrain_recipe_run(tmp_path / "results", attention_type)
+    stored = torch.load(next((tmp_path / "results" / "save").glob("CKPT+*/normalize.ckpt")))
+    assert stored["count"] == 0 and stored["glob_mean"].numel() == 0  # what SpeechBrain saves
+
+    out = convert_checkpoint(tmp_path / "results" / "save", tmp_path / "model",
+                             layout="speechbrain", padding_isolation=False)
+    assert read_statistics(out / "normalizer.ckpt")["method"] == "sentence"
+    assert "sentence" in (out / "README.md").read_text()
+
+    # Inference, as a user runs it, against the recipe's own pipeline
+    # (Fbank, sentence normalisation, CNN, Transformer encoder) in eval mode.
+    encoder = BestRQEncoder.from_hparams(source=str(out))
+    wavs = torch.randn(3, 160 * 399) * torch.tensor([[1.0], [3.0], [0.2]])  # 400 frames: no pad_feats
+    lens = torch.tensor([1.0, 0.71, 0.5])
+    got = encoder.encode_batch(wavs, lens)
+    for module in (hp["normalize"], hp["CNN"], hp["wrapper"]):
+        module.eval()
+    with torch.no_grad():
+        feats = hp["normalize"](hp["compute_features"](wavs), lens)
+        ref = hp["wrapper"](hp["CNN"](feats), lens)
+    for b, n in enumerate(got.frames):
+        torch.testing.assert_close(got.hidden_states[-1][b, :n], ref[b, :n], atol=2e-5, rtol=1e-5)
+
+    # Probes and fine-tuning build FeatureNormalizer() and load the folder.
+    normalizer = FeatureNormalizer()
+    load_pretrained(out, encoder_from_checkpoint(out), normalizer)
+    assert normalizer.method == "sentence"
+
+
+def test_sentence_normalisation_is_refused_when_the_run_normalised_globally(tmp_path, capsys):
+    """A normalize.ckpt without statistics from a run whose YAML says
+    norm_type: global was not trained with them: refused, naming the file;
+    --normalization sentence overrides."""
+    torch.manual_seed(0)
+    speechbrain_recipe_run(tmp_path / "results")
+    yaml_file = tmp_path / "results" / "hyperparams.yaml"
+    yaml_file.write_text(yaml_file.read_text().replace("norm_type: sentence", "norm_type: global"))
+    args = ["--checkpoint", str(tmp_path / "results" / "save"), "--layout", "speechbrain",
+            "--out", str(tmp_path / "model")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "normalize.ckpt holds no feature statistics" in err and "norm_type: global" in err
+    assert not (tmp_path / "model").exists()
+    assert main(args + ["--normalization", "sentence"]) == 0
+    assert "feature normalisation: sentence" in capsys.readouterr().out
+
+
+def test_pre_1_1_sentence_normaliser_file_reads_as_sentence(tmp_path):
+    """SpeechBrain before 1.1 saved a per-sentence normaliser as count 0,
+    glob_mean tensor([0]) and speaker dicts: converted as per-utterance."""
+    torch.manual_seed(0)
+    cnn, wrapper = speechbrain_encoder("RelPosMHAXL")
+    folder = tmp_path / "CKPT+old"
+    folder.mkdir()
+    torch.save(torch.nn.ModuleList([cnn, wrapper]).state_dict(), folder / "model.ckpt")
+    torch.save({"count": 0, "glob_mean": torch.tensor([0]), "glob_std": torch.tensor([0]),
+                "spk_dict_mean": {}, "spk_dict_std": {}, "spk_dict_count": {}},
+               folder / "normalize.ckpt")
+    out = convert_checkpoint(folder, tmp_path / "model", layout="speechbrain")
+    assert read_statistics(out / "normalizer.ckpt")["method"] == "sentence"
+    (folder / "normalize.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="--normalization sentence"):
+        convert_checkpoint(folder, tmp_path / "model2", layout="speechbrain")
+    out = convert_checkpoint(folder, tmp_path / "model2", layout="speechbrain", normalization="sentence")
+    assert read_statistics(out / "normalizer.ckpt")["method"] == "sentence"
