@@ -7,7 +7,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-slow corpus compare
+.PHONY: setup demo test test-slow corpus compare evidence
 
 setup:
 	bash tools/setup_env.sh
@@ -22,6 +22,11 @@ demo: corpus
 # cores with the defaults: 6 epochs, ASR and VoxCeleb probes).
 compare: corpus
 	bash tools/compare_mixers.sh
+
+# The demo over several seeds (SEEDS="1 2 3", ~18 min each): mean ± standard
+# deviation per cell; make demo's verdicts then use that spread.
+evidence: corpus
+	bash tools/run_evidence.sh
 
 test: setup
 	$(PY) -m pytest

@@ -21,6 +21,8 @@ PROBES=${PROBES:-1}
 # utterances): the pretraining sees more than the ASR probe's training set.
 mapfile -t OVERRIDES < <("$PY" "$ROOT/tools/demo_overrides.py" "$MIXER" --epochs "$EPOCHS" \
     --train_splits train-clean-100,train-clean-360)
+# SEED=2: another pretraining seed (and the probes', through run_probes.sh).
+[ -z "${SEED:-}" ] || OVERRIDES+=(--seed="$SEED")
 cd "$ROOT/recipes/LibriSpeech/self-supervised-learning/BEST-RQ-linear"
 "$PY" train.py "hparams/bestrq_$MIXER.yaml" \
     --data_folder="$ROOT/demo_data/LibriSpeech" \
@@ -40,5 +42,5 @@ if [ "${FINETUNE:-0}" != 0 ]; then
 fi
 if [ "$PROBES" != 0 ]; then
     echo
-    MIXER="$MIXER" PRETRAINED="$OUT" bash "$ROOT/tools/run_probes.sh"
+    MIXER="$MIXER" PRETRAINED="$OUT" SEED="${SEED:-}" bash "$ROOT/tools/run_probes.sh"
 fi

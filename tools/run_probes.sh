@@ -13,7 +13,8 @@
 #
 # MIXER=fastformer picks another demo encoder; INITS=pretrained skips the
 # baselines; TASKS="asr voxceleb" runs some tasks only (of: asr buckeye
-# cv_cy cv_eu voxceleb iemocap slurp); PY another Python.
+# cv_cy cv_eu voxceleb iemocap slurp); SEED=2 another seed for every probe
+# (and so another random-init encoder); PY another Python.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
@@ -47,6 +48,7 @@ ASR_DEMO=(--number_of_epochs=8 --lr=0.002 --test_checkpoint=last --lstm_hidden=6
 for TASK in $TASKS; do
     for INIT in $INITS; do
         COMMON=(--pretrained_path="$PRETRAINED/save" --encoder_init="$INIT")
+        [ -z "${SEED:-}" ] || COMMON+=(--seed="$SEED")
         case $TASK in
         asr)
             echo "== LibriSpeech ASR (BiLSTM + CTC), $INIT"
