@@ -69,8 +69,9 @@ def active_level_db(wav, frame=400, floor_db=30.0):
 
 
 def pooled_inputs(waves, pretrained, encoder_init):
-    """(N, D) mean over valid frames of what the probe reads, uniform layer
-    weights (the probe's start)."""
+    """Means over frames of what the probe reads: (N, D) with uniform layer
+    weights (the probe's start), and (L+1, N, D) of each hidden state alone
+    (fbank: its one "state")."""
     from speechbrain.lobes.features import Fbank
 
     torch.manual_seed(PROBE_SEED)
@@ -78,12 +79,18 @@ def pooled_inputs(waves, pretrained, encoder_init):
     reader = WeightedLayerSum(encoder, FeatureNormalizer(), encoder_init=encoder_init)
     reader.load_pretrained(pretrained)
     fbank = Fbank(n_mels=encoder.config.get("n_mels", 80))
-    pooled = []
+    pooled, layers = [], []
     with torch.no_grad():
         for wav in waves:
-            out = reader(fbank(wav.unsqueeze(0)), torch.ones(1))
-            pooled.append(out[0].mean(0))
-    return torch.stack(pooled)
+            feats = fbank(wav.unsqueeze(0))
+            pooled.append(reader(feats, torch.ones(1))[0].mean(0))
+            if encoder_init == "fbank":
+                layers.append(pooled[-1].unsqueeze(0))
+            else:
+                _, hidden = encoder(reader.normalizer(feats, torch.ones(1)), torch.ones(1),
+                                    return_hidden=True)
+                layers.append(torch.stack([h[0].mean(0) for h in hidden]))
+    return torch.stack(pooled), torch.stack(layers, dim=1)
 
 
 def _standardise(train, test):
@@ -141,9 +148,11 @@ def run(pretrained, data, inits=ENCODER_INITS):
     within = level - class_mean[labels]
     rows = {}
     for init in inits:
-        made = pooled_inputs(waves, pretrained, init).double()
-        flat = pooled_inputs(equal, pretrained, init).double()
+        made, made_layers = pooled_inputs(waves, pretrained, init)
+        flat, _ = pooled_inputs(equal, pretrained, init)
+        made, flat = made.double(), flat.double()
         rows[init] = {
+            "layers": [loso_accuracy(layer, labels, speakers) for layer in made_layers],
             "acc": loso_accuracy(made.float(), labels, speakers),
             "acc_equal": loso_accuracy(flat.float(), labels, speakers),
             "r2": loso_r2(made, level, speakers),
@@ -157,13 +166,14 @@ def render(rows, levels, n):
     lines = [
         f"IEMOCAP demo, {n} turns, leave-one-speaker-out, linear on mean-pooled inputs",
         "",
-        "| input | emotion acc. | emotion acc., equal loudness | loss without loudness | loudness R² | loudness R² within emotion |",
-        "|---|---|---|---|---|---|",
+        "| input | emotion acc. | emotion acc., equal loudness | loss without loudness | loudness R² | loudness R² within emotion | acc. of each hidden state (input of layer 1, layers 1..L) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for init, r in rows.items():
         lines.append(
             f"| {init} | {r['acc']:.1f} | {r['acc_equal']:.1f} | "
-            f"{r['acc'] - r['acc_equal']:+.1f} | {r['r2']:.2f} | {r['r2_within']:.2f} |"
+            f"{r['acc'] - r['acc_equal']:+.1f} | {r['r2']:.2f} | {r['r2_within']:.2f} | "
+            + " / ".join(f"{a:.1f}" for a in r["layers"]) + " |"
         )
     lines += ["", "Mean level per class (dB RMS over active frames): "
               + ", ".join(f"{c} {v:.1f}" for c, v in levels.items())]
