@@ -3,7 +3,7 @@
 #               SummaryMixing Conformer on it, probe it on the seven MP3S
 #               tasks (CPU, ~20 min on 2 cores; PROBES=0 skips the probes)
 #   make test   set up and run the default test suite (unit + recipes, ~10 min);
-#               CI (.ci/run) runs it; make test-slow runs the slow tier
+#               CI (.ci/run) runs it, then make test-slow (the slow tier)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
