@@ -343,18 +343,7 @@ def write_text_atomic(path, text, what=None):
 
 
 def save_atomic(obj, path, what=None):
-    """``torch.save(obj, path)`` through a temporary file: ``path`` is whole
-    or untouched; a full disk is :func:`disk_full_error`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(err, Exception) and is_write_failure(err):
-            raise disk_full_error(path.parent, what or str(path), err) from None
-        raise
+    """``torch.save(obj, path)`` through a temporary file (:func:`atomic_file`):
+    ``path`` is whole or untouched; a full disk is :func:`disk_full_error`."""
+    with atomic_file(path, mode="wb", what=what) as fout:
+        torch.save(obj, fout)
