@@ -39,6 +39,36 @@ def small_mixer(name, d_model=16, nhead=4, **kwargs):
     return build_mixer(name, d_model, nhead, **{**MIXERS[name].small_kwargs, **kwargs})
 
 
+def assert_equals_speechbrain(cnn, wrapper, ours, atol=1e-5):
+    """Asserts that our encoder ``ours`` computes what SpeechBrain's BEST-RQ
+    encoder (its ``ConvolutionFrontEnd`` ``cnn`` then ``EncoderWrapper``
+    ``wrapper``) computes, layer by layer: every Conformer layer's output
+    (forward hooks on SpeechBrain's layers) against our hidden states, and
+    the final output, on the valid frames of a padded batch of 3, in eval
+    mode. Returns SpeechBrain's output and the batch ``(ref, feats, lens)``.
+    """
+    states = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: states.append(o[0]))
+             for layer in wrapper.transformer.encoder.layers]
+    cnn.eval(), wrapper.eval(), ours.eval()
+    feats, lens = torch.randn(3, 203, 80), torch.tensor([1.0, 0.7, 0.45])
+    try:
+        with torch.no_grad():
+            ref = wrapper(cnn(feats), lens)
+            out, hidden = ours(feats, lens, return_hidden=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(states) == len(hidden) - 1
+    frames = torch.round(lens * ref.shape[1]).long()
+    for b, n in enumerate(frames):
+        for i, state in enumerate(states):
+            torch.testing.assert_close(hidden[i + 1][b, :n], state[b, :n], atol=atol, rtol=atol,
+                                       msg=lambda m: f"layer {i + 1}, utterance {b}: {m}")
+        torch.testing.assert_close(out[b, :n], ref[b, :n], atol=atol, rtol=atol)
+    return ref, feats, lens
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -32,7 +32,7 @@ from lobes.deploy.inference import BestRQEncoder
 from lobes.nnet.normalization import FeatureNormalizer, read_statistics
 from lobes.deploy.loading import encoder_from_checkpoint, load_pretrained
 from lobes.nnet.mixers.mamba import selective_scan_ref
-from conftest import save_normalizer
+from conftest import assert_equals_speechbrain, save_normalizer
 
 D, H, FFN, LAYERS = 64, 4, 128, 2
 
@@ -73,19 +73,7 @@ def test_speechbrains_encoder_converts_to_the_same_hidden_states(attention_type,
     assert ours.config["mixer"] == {"RelPosMHAXL": "mhsa", "hypermixing": "hypermixing"}[attention_type]
     assert (ours.config["nhead"], ours.config["d_ffn"], ours.config["activation"]) == (H, FFN, "gelu")
 
-    states = []
-    for layer in wrapper.transformer.encoder.layers:
-        layer.register_forward_hook(lambda m, i, o: states.append(o[0]))
-    cnn.eval(), wrapper.eval(), ours.eval()
-    feats, lens = torch.randn(3, 203, 80), torch.tensor([1.0, 0.7, 0.45])
-    with torch.no_grad():
-        ref = wrapper(cnn(feats), lens)
-        out, hidden = ours(feats, lens, return_hidden=True)
-    frames = torch.round(lens * ref.shape[1]).long()
-    for b, n in enumerate(frames):
-        for i, state in enumerate(states[:-1]):
-            torch.testing.assert_close(hidden[i + 1][b, :n], state[b, :n], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(out[b, :n], ref[b, :n], atol=1e-5, rtol=1e-5)
+    ref, feats, _ = assert_equals_speechbrain(cnn, wrapper, ours)
 
     # With padding isolation (the default), unpadded input gives the same too.
     isolated = encoder_from_checkpoint(tmp_path / "model")

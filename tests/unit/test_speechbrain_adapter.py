@@ -13,7 +13,7 @@ import io
 
 import pytest
 import torch
-from conftest import ALL_MIXERS
+from conftest import ALL_MIXERS, assert_equals_speechbrain, save_normalizer
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
 from speechbrain.lobes.models.transformer.TransformerASR import EncoderWrapper, TransformerASR
@@ -29,7 +29,6 @@ from lobes.nnet.speechbrain_adapter import (
     replace_attention,
     speechbrain_attention_type,
 )
-from conftest import save_normalizer
 
 D, FFN, LAYERS = 32, 64, 2
 
@@ -90,19 +89,7 @@ def test_speechbrains_conformer_with_our_mixer_equals_our_encoder(mixer):
     for key, value in MIXERS[mixer].small_kwargs.items():
         assert ours.config["mixer_kwargs"][key] == value
 
-    states = []
-    for sb_layer in wrapper.transformer.encoder.layers:
-        sb_layer.register_forward_hook(lambda m, i, o: states.append(o[0]))
-    model.eval(), ours.eval()
-    feats, lens = torch.randn(3, 203, 80), torch.tensor([1.0, 0.7, 0.45])
-    with torch.no_grad():
-        ref = wrapper(cnn(feats), lens)
-        out, hidden = ours(feats, lens, return_hidden=True)
-    frames = torch.round(lens * ref.shape[1]).long()
-    for b, n in enumerate(frames):
-        for i, state in enumerate(states):
-            torch.testing.assert_close(hidden[i + 1][b, :n], state[b, :n], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(out[b, :n], ref[b, :n], atol=1e-5, rtol=1e-5)
+    _, feats, lens = assert_equals_speechbrain(cnn, wrapper, ours)
 
     # Training mode runs too (dropout, gradients reach every mixer parameter).
     model.train()
