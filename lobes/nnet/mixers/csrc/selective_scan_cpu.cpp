@@ -53,6 +53,40 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
+// One frame of the recurrence for a block of W channels, the states of all
+// N state dimensions: h[n] <- exp(delta * A[n]) * h[n] + delta * u * B[n]
+// (du = delta * u). h, a: N x W, row n for state dimension n; b: N.
+__attribute__((always_inline)) inline void advance_states(
+    float* __restrict h, const float* __restrict a, const float* dl,
+    const float* du, const float* b, int64_t n_state) {
+  for (int64_t n = 0; n < n_state; ++n) {
+    const float bn = b[n];
+    float* hn = h + n * W;
+    const float* an = a + n * W;
+#pragma omp simd
+    for (int64_t k = 0; k < W; ++k)
+      hn[k] = exp_nonpositive(dl[k] * an[k]) * hn[k] + du[k] * bn;
+  }
+}
+
+// advance_states, and the frame's output read from the new states:
+// acc += sum_n C[n] * h[n] (c: N).
+__attribute__((always_inline)) inline void advance_states_and_read(
+    float* __restrict h, const float* __restrict a, const float* dl,
+    const float* du, const float* b, const float* c, float* __restrict acc,
+    int64_t n_state) {
+  for (int64_t n = 0; n < n_state; ++n) {
+    const float bn = b[n], cn = c[n];
+    float* hn = h + n * W;
+    const float* an = a + n * W;
+#pragma omp simd
+    for (int64_t k = 0; k < W; ++k) {
+      hn[k] = exp_nonpositive(dl[k] * an[k]) * hn[k] + du[k] * bn;
+      acc[k] += cn * hn[k];
+    }
+  }
+}
+
 // u, delta: (batch, T, D_in); A: (N, D_in); B, C: (batch, T, N); D: (D_in).
 // All float32 and contiguous. Returns y (batch, T, D_in).
 torch::Tensor scan_forward(torch::Tensor u, torch::Tensor delta,
@@ -123,18 +157,8 @@ torch::Tensor scan_forward(torch::Tensor u, torch::Tensor delta,
           du[k] = dt[k] * uu[k];
           acc[k] = dd[k] * uu[k];
         }
-        float* hj = &h[j * n_state * W];
-        const float* aj = &a_blk[j * n_state * W];
-        for (int64_t n = 0; n < n_state; ++n) {
-          const float bn = bt[n], cn = ct[n];
-          float* hn = hj + n * W;
-          const float* an = aj + n * W;
-#pragma omp simd
-          for (int64_t k = 0; k < W; ++k) {
-            hn[k] = exp_nonpositive(dt[k] * an[k]) * hn[k] + du[k] * bn;
-            acc[k] += cn * hn[k];
-          }
-        }
+        advance_states_and_read(&h[j * n_state * W], &a_blk[j * n_state * W], dt, du,
+                                bt, ct, acc, n_state);
         std::memcpy(yp + row * d_in + d0, acc, w * sizeof(float));
       }
     }
@@ -212,15 +236,7 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor u, torch::Tensor delta,
         load(dp, row, dt);
         load(up, row, uu);
         for (int64_t k = 0; k < W; ++k) du[k] = dt[k] * uu[k];
-        const float* bt = bp + row * n_state;
-        for (int64_t n = 0; n < n_state; ++n) {
-          const float bn = bt[n];
-          float* hn = &h[n * W];
-          const float* an = &a_blk[n * W];
-#pragma omp simd
-          for (int64_t k = 0; k < W; ++k)
-            hn[k] = exp_nonpositive(dt[k] * an[k]) * hn[k] + du[k] * bn;
-        }
+        advance_states(h.data(), a_blk.data(), dt, du, bp + row * n_state, n_state);
       }
       // 2. backward, chunk by chunk from the end
       std::fill(g.begin(), g.end(), 0.f);  // a_{t+1} g_{t+1}, carried back
@@ -582,18 +598,8 @@ torch::Tensor scan_fused_forward(torch::Tensor u, torch::Tensor dt, torch::Tenso
           du[k] = dl[k] * uu[k];
           acc[k] = dd[k] * uu[k];
         }
-        float* hj = &h[j * n_state * W];
-        const float* aj = &a_blk[j * n_state * W];
-        for (int64_t n = 0; n < n_state; ++n) {
-          const float bn = bt[n], cn = ct[n];
-          float* hn = hj + n * W;
-          const float* an = aj + n * W;
-#pragma omp simd
-          for (int64_t k = 0; k < W; ++k) {
-            hn[k] = exp_nonpositive(dl[k] * an[k]) * hn[k] + du[k] * bn;
-            acc[k] += cn * hn[k];
-          }
-        }
+        advance_states_and_read(&h[j * n_state * W], &a_blk[j * n_state * W], dl, du,
+                                bt, ct, acc, n_state);
 #pragma omp simd
         for (int64_t k = 0; k < W; ++k) acc[k] *= zz[k] * sigmoid(zz[k]);
         std::memcpy(op + row * d_in + d0, acc, w * sizeof(float));
@@ -743,14 +749,7 @@ std::vector<torch::Tensor> scan_fused_backward(
         for (int64_t j = 0; j < nj; ++j) {
           float dl[W], uu[W], du[W];
           step(b * T + t, j, dl, uu, du);
-          for (int64_t n = 0; n < n_state; ++n) {
-            const float bn = bt[n];
-            float* hn = &h[j * NW + n * W];
-            const float* an = &a_blk[j * NW + n * W];
-#pragma omp simd
-            for (int64_t k = 0; k < W; ++k)
-              hn[k] = exp_nonpositive(dl[k] * an[k]) * hn[k] + du[k] * bn;
-          }
+          advance_states(&h[j * NW], &a_blk[j * NW], dl, du, bt, n_state);
         }
       }
       // 2. backward, chunk by chunk from the end
