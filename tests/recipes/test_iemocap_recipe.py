@@ -147,6 +147,12 @@ def test_cross_validation_end_to_end(demo_data, pretrained_demo, tmp_path):
     mean = float(re.search(r"over 2 folds: ([\d.]+)%", result).group(1))
     assert mean == pytest.approx(100 * sum(accs) / 2, abs=0.01)
     assert "Mean test accuracy over 2 folds" in proc.stdout
+    # The folds run in one process; the second equals that fold run alone
+    # (its own process): nothing of fold 4 carries over.
+    alone = tmp_path / "alone"
+    probe(demo_data, pretrained_demo("summarymixing"), alone, extra=["--test_spk_id=9"])
+    assert (alone / "fold_9/train_log.txt").read_text() == (out / "fold_9/train_log.txt").read_text()
+    assert "fold_4" not in (out / "fold_9/log.txt").read_text()
 
 
 def test_other_mixer_checkpoint_refused(demo_data, pretrained_demo, tmp_path):

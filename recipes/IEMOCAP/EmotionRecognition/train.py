@@ -16,16 +16,18 @@ One fold:
         --data_folder=/path/to/IEMOCAP_full_release \\
         --pretrained_path=/path/to/bestrq_summarymixing/1000/save
 
-All folds of ``cv_folds`` (one process each, resumable), then the mean test
-accuracy, written to ``<experiment_folder>/cv_accuracy.txt``: the same command
-with ``--test_spk_id=all``.
+All folds of ``cv_folds`` one after the other in this process (resumable:
+a finished fold is only re-tested), then the mean test accuracy, written to
+``<experiment_folder>/cv_accuracy.txt``: the same command with
+``--test_spk_id=all``. Each fold loads its hyperparameters (and so its seed)
+afresh, as a fold run alone: the same accuracies as one process per fold,
+without ~5 s of start-up per fold.
 
 Authors
  * BEST-RQ linear-mixers contributors 2026
 """
 
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -37,6 +39,7 @@ from lobes.recipe import parse_arguments
 from lobes.dataio.audio import load_audio
 from lobes.brains.probing import ProbeBrain
 from lobes.recipe import load_hparams, lock_output_folder, record_encoder
+from lobes.utils.run_lock import release_output_folder
 
 logger = get_logger(__name__)
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
@@ -145,7 +148,8 @@ def dataio_prepare(hparams):
 
 
 def run_fold(argv):
-    """Trains and tests one fold (``argv``: the command-line arguments)."""
+    """Trains and tests one fold (``argv``: the command-line arguments);
+    returns its output folder."""
     hparams_file, run_opts, overrides = parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     hparams, overrides = load_hparams(hparams_file, overrides, REQUIRED_KEYS)
@@ -192,11 +196,12 @@ def run_fold(argv):
         min_key="error_rate",
         test_loader_kwargs=hparams["test_dataloader_opts"],
     )
+    return hparams["output_folder"]
 
 
 def run_all_folds(argv):
-    """Runs every fold of ``cv_folds`` in its own process (a finished fold
-    is only re-tested), then writes and prints the mean test accuracy."""
+    """Runs every fold of ``cv_folds`` in turn (a finished fold is only
+    re-tested), then writes and prints the mean test accuracy."""
     argv = list(argv)
     if "--test_spk_id" in argv:  # "--test_spk_id all"
         i = argv.index("--test_spk_id")
@@ -210,10 +215,7 @@ def run_all_folds(argv):
     experiment = hparams["experiment_folder"]
     accuracies = {}
     for fold in hparams["cv_folds"]:
-        subprocess.run(
-            [sys.executable, os.path.abspath(__file__), *argv, f"--test_spk_id={fold}"],
-            check=True,
-        )
+        release_output_folder(run_fold([*argv, f"--test_spk_id={fold}"]))
         result = os.path.join(experiment, f"fold_{fold}", "test_accuracy.txt")
         with open(result, encoding="utf-8") as f:
             accuracies[fold] = float(f.readline().split(":")[1])
