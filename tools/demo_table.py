@@ -13,10 +13,11 @@ words, whether pretraining helped on each task::
 A score counts as better than another when it is better by more than
 ``--margin`` points (2 by default): the demo test sets are small (32 to a
 few hundred items), so smaller differences are noise. With the seed spread
-of ``make evidence`` (``--spread``, by default
-``<results>/evidence/spread_<mixer>.tsv`` when it exists) the margin of a
-task is its measured spread instead: the standard deviations over seeds of
-the two inputs compared, added.
+of ``make evidence`` (``--spread``; by default
+``<results>/evidence/spread_<mixer>.tsv`` when this machine has run it, else
+the one shipped in ``tools/evidence/spread_<mixer>.tsv``, from the README's
+3-seed run) the margin of a task is its measured spread instead: the
+standard deviations over seeds of the two inputs compared, added.
 
 Several results folders (``--runs``, one per seed: what
 ``tools/run_evidence.sh`` writes) give mean ± standard deviation per cell;
@@ -41,6 +42,9 @@ import sys
 from pathlib import Path
 
 INITS = ("pretrained", "random", "fbank")
+# The seed spread of the README's make evidence run, for the verdicts of a
+# make demo on a machine that has not run make evidence itself.
+SHIPPED_SPREAD = Path(__file__).resolve().parent / "evidence"
 HEADERS = {"pretrained": "pretrained", "random": "random init", "fbank": "fbank"}
 
 
@@ -337,6 +341,8 @@ def main(argv=None):
     else:
         rows = collect(args.results, args.mixer)
         spread_file = args.spread or Path(args.results) / "evidence" / f"spread_{args.mixer}.tsv"
+        if not args.spread and not Path(spread_file).is_file():
+            spread_file = SHIPPED_SPREAD / f"spread_{args.mixer}.tsv"
         spread = read_spread(spread_file) if Path(spread_file).is_file() else None
         if args.spread and spread is None:
             parser.error(f"--spread: no such file: {args.spread}")
