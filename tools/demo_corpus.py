@@ -348,6 +348,36 @@ def speakers(rng, n):
     return out
 
 
+
+def reverberate(samples, rng, decay_s=(0.02, 0.04), ir_s=0.25):
+    """``samples`` through a random room: an exponentially decaying noise
+    impulse response (direct path 1, unit energy, time constant drawn from
+    ``decay_s`` seconds by ``rng``, a ``random.Random``), length kept."""
+    n_ir = int(ir_s * SAMPLE_RATE)
+    decay = np.exp(-np.arange(n_ir) / (rng.uniform(*decay_s) * SAMPLE_RATE))
+    ir = np.random.default_rng(rng.randrange(2**32)).standard_normal(n_ir) * decay
+    ir[0] = 1.0
+    ir /= np.sqrt((ir**2).sum())
+    return torchaudio.functional.fftconvolve(
+        torch.from_numpy(np.asarray(samples, np.float32)), torch.from_numpy(ir.astype(np.float32))
+    )[: len(samples)].numpy()
+
+
+def add_noise(samples, rng, snr_db, colour=0.0):
+    """``samples`` plus Gaussian noise at ``snr_db`` dB below their power;
+    ``colour`` in [0, 1) low-passes the noise (one-pole: 0 white, 0.95
+    rumble-like), drawn from ``rng`` (a ``random.Random``)."""
+    noise = np.random.default_rng(rng.randrange(2**32)).standard_normal(len(samples))
+    if colour:
+        noise = torchaudio.functional.lfilter(
+            torch.from_numpy(noise.astype(np.float32)),
+            torch.tensor([1.0, -colour]), torch.tensor([1.0 - colour, 0.0]), clamp=False,
+        ).numpy()
+    power = float(np.mean(np.square(samples))) + 1e-12
+    noise *= math.sqrt(power / (float(np.mean(np.square(noise))) + 1e-12) / 10 ** (snr_db / 10))
+    return (samples + noise).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------
 # Bookkeeping
 # ---------------------------------------------------------------------------

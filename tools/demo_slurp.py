@@ -36,10 +36,8 @@ import random
 from pathlib import Path
 
 import numpy as np
-import torch
-import torchaudio
 
-from demo_corpus import SAMPLE_RATE, _build, _pool_map, _write_flac, speakers, synthesize
+from demo_corpus import _build, _pool_map, _write_flac, reverberate, speakers, synthesize
 
 TIMES = ["seven", "six thirty", "eight o'clock", "five am", "nine fifteen", "noon", "ten pm", "half past six"]
 DAYS = ["tomorrow", "today", "on monday", "this friday", "next week", "on the weekend"]
@@ -113,14 +111,7 @@ def _fill(rng, template):
 
 def _far_field(samples, rng):
     """A distant-microphone copy: short exponential reverb, noise, quieter."""
-    n_ir = int(0.25 * SAMPLE_RATE)
-    decay = np.exp(-np.arange(n_ir) / (rng.uniform(0.02, 0.04) * SAMPLE_RATE))
-    ir = np.random.default_rng(rng.randrange(2**32)).standard_normal(n_ir) * decay
-    ir[0] = 1.0
-    ir /= np.sqrt((ir**2).sum())
-    wet = torchaudio.functional.fftconvolve(
-        torch.from_numpy(samples), torch.from_numpy(ir.astype(np.float32))
-    )[: len(samples)].numpy()
+    wet = reverberate(samples, rng)
     noise = np.random.default_rng(rng.randrange(2**32)).standard_normal(len(wet))
     wet = 0.7 * wet / (np.abs(wet).max() + 1e-8)
     wet += noise.astype(np.float32) * 0.003

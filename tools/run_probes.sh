@@ -83,7 +83,7 @@ for TASK in $TASKS; do
             "$PY" train.py hparams/ecapa.yaml "${COMMON[@]}" \
                 --data_folder="$ROOT/demo_data/VoxCeleb1" \
                 --output_folder="$(fresh_folder demo_voxceleb_ecapa "$INIT")" \
-                --number_of_epochs=6 --out_n_neurons=16 \
+                --number_of_epochs=6 --out_n_neurons=24 \
                 "--channels=[64, 64, 64, 64, 192]" --emb_dim=64 \
                 "--train_dataloader_opts={batch_size: 8, shuffle: True, num_workers: 0, drop_last: True}" ;;
         iemocap)

@@ -108,7 +108,7 @@ PROBES = {
                                    "--train_dataloader_opts={batch_size: 4, num_workers: 0}"]),
     "LibriSpeech/ASR/MP3S": ("bilstm_ctc", "LibriSpeech", ["--number_of_epochs=1", "--lstm_hidden=16",
                              "--test_beam_search={beam_size: 2}"]),
-    "VoxCeleb/SpeakerVerification": ("ecapa", "VoxCeleb1", ["--number_of_epochs=1", "--out_n_neurons=16",
+    "VoxCeleb/SpeakerVerification": ("ecapa", "VoxCeleb1", ["--number_of_epochs=1", "--out_n_neurons=24",
                                      "--channels=[16, 16, 16, 16, 48]", "--emb_dim=16"]),
     "IEMOCAP/EmotionRecognition": ("linear", "IEMOCAP_full_release", ["--number_of_epochs=1", "--test_spk_id=1"]),
     "LibriSpeech/ASR/CTC-BEST-RQ-linear": ("train_clean_100", "LibriSpeech", [

@@ -45,7 +45,7 @@ def probe_args(demo_data, pretrained, out, mixer="summarymixing", probe_yaml="ec
         f"--data_folder={demo_data / 'VoxCeleb1'}",
         f"--output_folder={out}",
         f"--number_of_epochs={epochs}",
-        "--out_n_neurons=16",
+        "--out_n_neurons=24",
         *TINY_PROBE,
         *extra,
     ]
@@ -75,7 +75,7 @@ def test_prepare_demo_layout(demo_data, tmp_path):
     assert list(train[0]) == ["ID", "duration", "wav", "start", "stop", "spk_id"]
     train_speakers = {r["spk_id"] for r in train}
     # the trial speakers never appear in training; each training speaker in both splits
-    assert len(train_speakers) == 16 and not train_speakers & test_speakers
+    assert len(train_speakers) == 24 and not train_speakers & test_speakers
     assert {r["spk_id"] for r in dev} == train_speakers
     assert not {r["wav"] for r in train} & {r["wav"] for r in dev}
     assert {r["ID"] + ".wav" for r in enrol} == {e for _, e, _ in trials}
@@ -212,7 +212,7 @@ def test_defaults_follow_mp3s():
 @pytest.mark.parametrize("seed", [1986, pytest.param(7, marks=pytest.mark.slow)])
 def test_recipe_end_to_end_and_learns(demo_data, pretrained_demo, tmp_path, seed):
     """ECAPA probe on the pretrained demo encoder, 4 epochs: the speaker
-    classifier is far above chance (8 speakers: 12.5%), the layer weights
+    classifier is far above chance (24 speakers: 4%), the layer weights
     leave their uniform start, the probe's learning rate falls linearly from
     1e-3 to 1e-4 while the layer weights' stays at 0.01 (MP3S), and EER and
     minDCF of the last epoch's model are printed and written."""
@@ -222,7 +222,7 @@ def test_recipe_end_to_end_and_learns(demo_data, pretrained_demo, tmp_path, seed
     epochs = [line for line in log_lines(out) if line.startswith("epoch:")]
     assert len(epochs) == 4
     last = epoch_stats(epochs[-1])
-    assert float(last["train accuracy"]) > 0.5, epochs  # 4x chance
+    assert float(last["train accuracy"]) > 0.25, epochs  # 6x chance
     weights = [float(w) for w in last["layer_weights"].split()]
     assert len(weights) == PROBE_LAYERS + 1
     assert abs(sum(weights) - 1.0) < 1e-3

@@ -154,7 +154,7 @@ def recipe_datasets(task, out):
         return [train, asr(hparams)[0]]
     if task == "voxceleb":
         hparams = {"save_folder": out, "sample_rate": 16000, "sentence_len": 3.0,
-                   "out_n_neurons": 16, "random_chunk": True}
+                   "out_n_neurons": 24, "random_chunk": True}
         return list(script(task, "train.py").dataio_prepare(hparams)[:2])
     if task == "iemocap":
         hparams = {"output_folder": out, "save_folder": out, "sample_rate": 16000,

@@ -31,13 +31,13 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
-from speechbrain.utils.metric_stats import EER, minDCF
 
 from lobes.recipe import parse_arguments
 from lobes.dataio.audio import load_audio, load_audio_crop
 from lobes.brains.probing import ProbeBrain, checkpoint_to_test
 from lobes.dataio.manifest import dataset_from_csv
 from lobes.recipe import load_hparams, lock_output_folder, record_encoder
+from lobes.utils.metrics import EER, minDCF  # SpeechBrain's values, by sorting
 
 logger = get_logger(__name__)
 # Keys every YAML of this recipe defines (another recipe's YAML is refused).
