@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make demo   set up, generate the demo corpora, pretrain a small BEST-RQ
 #               SummaryMixing Conformer on it, probe it on the seven MP3S
-#               tasks (CPU, ~20 min on 2 cores; PROBES=0 skips the probes)
+#               tasks (CPU, 20-27 min on 2 cores; PROBES=0 skips the probes)
 #   make test   set up and run the default test suite (unit + recipes, ~10 min);
 #               CI (.ci/run) runs it, then make test-slow (the slow tier)
 VENV ?= .venv
