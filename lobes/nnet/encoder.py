@@ -54,7 +54,7 @@ from lobes.nnet.mixers import (
     build_mixer,
     check_mixer_name,
 )
-from lobes.nnet.mixers.common import sinusoidal_positions, zero_padded
+from lobes.nnet.mixers.common import linear_out8, sinusoidal_positions, zero_padded
 from lobes.utils.speechbrain_private import check_convolution_module
 
 ACTIVATIONS = {"swish": Swish, "gelu": nn.GELU, "relu": nn.ReLU}
@@ -68,7 +68,9 @@ class MaskedConvolutionModule(ConvolutionModule):
     ``speechbrain.lobes.models.transformer.Conformer.ConvolutionModule``.
     SpeechBrain zeroes padded frames only in the output, so the depthwise
     convolution carries padding into the last ``kernel_size // 2`` real
-    frames; with ``padding_isolation`` they are zeroed before it too.
+    frames; with ``padding_isolation`` they are zeroed before it too. The
+    last pointwise product runs through ``linear_out8`` (on a CPU, a width
+    rounded up to a multiple of 8: same numbers up to float32 rounding).
 
     Example
     -------
@@ -93,8 +95,34 @@ class MaskedConvolutionModule(ConvolutionModule):
         out = self.conv(out)
         if self.causal:
             out = out[..., : -self.padding]
-        out = self.after_conv(out.transpose(1, 2))
+        norm, activation, pointwise, dropout = self.after_conv
+        out = activation(norm(out.transpose(1, 2)))
+        out = dropout(linear_out8(out, pointwise.weight, pointwise.bias))
         return zero_padded(out, pad_mask)
+
+
+class FeedForward(PositionalwiseFeedForward):
+    """SpeechBrain's ``PositionalwiseFeedForward`` (same parameters, same
+    names), whose last product, on a CPU and a width that is not a multiple
+    of 8 (Mamba's 474 and 678), runs on a width rounded up to one
+    (``linear_out8``; same numbers up to float32 rounding). Other widths
+    run SpeechBrain's forward unchanged.
+
+    Example
+    -------
+    >>> ffn = FeedForward(d_ffn=16, input_size=6)
+    >>> x = torch.randn(2, 5, 6)
+    >>> torch.allclose(ffn(x), PositionalwiseFeedForward.forward(ffn, x), atol=1e-6)
+    True
+    """
+
+    def forward(self, x):
+        """(B, T, D) -> (B, T, D)."""
+        last = self.ffn[-1]
+        if last.out_features % 8 == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        hidden = self.ffn[:-1](x)
+        return linear_out8(hidden, last.weight, last.bias)
 
 
 class ConformerLayer(nn.Module):
@@ -154,7 +182,7 @@ class ConformerLayer(nn.Module):
         def ffn():
             return nn.Sequential(
                 nn.LayerNorm(d_model),
-                PositionalwiseFeedForward(
+                FeedForward(
                     d_ffn=d_ffn,
                     input_size=d_model,
                     dropout=dropout,

@@ -109,8 +109,18 @@ CONVOLUTION_MODULE_PARTS = ("layer_norm", "bottleneck", "conv", "after_conv", "c
 
 def check_convolution_module(module):
     """Checks that SpeechBrain's Conformer ``ConvolutionModule`` has the
-    parts ``MaskedConvolutionModule.forward`` calls."""
+    parts ``MaskedConvolutionModule.forward`` calls, ``after_conv`` being
+    (LayerNorm, activation, Linear, Dropout) (its Linear runs through
+    ``linear_out8``)."""
     missing = [p for p in CONVOLUTION_MODULE_PARTS if not hasattr(module, p)]
+    after = getattr(module, "after_conv", None)
+    if after is not None and not (
+        len(after) == 4
+        and isinstance(after[0], torch.nn.LayerNorm)
+        and isinstance(after[2], torch.nn.Linear)
+        and isinstance(after[3], torch.nn.Dropout)
+    ):
+        missing.append("after_conv = (LayerNorm, activation, Linear, Dropout)")
     if missing:
         raise RuntimeError(
             f"This SpeechBrain's ConvolutionModule has no {', '.join(missing)}: "

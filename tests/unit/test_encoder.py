@@ -236,3 +236,54 @@ def test_compiled_encoder_trains_with_dynamic_shapes():
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
         enc.zero_grad()
+
+
+@pytest.mark.parametrize("width", [474, 480])
+def test_feed_forward_equals_speechbrains_at_odd_widths(width):
+    """The Conformer's FFN (its last product on a width rounded up to a
+    multiple of 8 when it is not one: Mamba's 474) gives SpeechBrain's
+    PositionalwiseFeedForward's outputs and gradients, same parameters."""
+    from speechbrain.nnet.attention import PositionalwiseFeedForward
+    from speechbrain.nnet.activations import Swish
+
+    from lobes.nnet.encoder import FeedForward
+
+    torch.manual_seed(0)
+    ours = FeedForward(d_ffn=64, input_size=width, activation=Swish)
+    ref = PositionalwiseFeedForward(d_ffn=64, input_size=width, activation=Swish)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 9, width, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, out_ref = ours(x), ref(x_ref)
+    assert out.shape == out_ref.shape and torch.allclose(out, out_ref, atol=1e-5)
+    g = torch.randn_like(out)
+    out.backward(g)
+    out_ref.backward(g)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    for (name, p), p_ref in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, p_ref.grad, atol=1e-4), name
+
+
+def test_convolution_module_equals_speechbrains_at_odd_widths():
+    """The convolution module at Mamba's width 474 (its last product on 480
+    outputs, cut back) gives SpeechBrain's ConvolutionModule's outputs and
+    gradients without padding isolation, same parameters."""
+    from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
+    from speechbrain.nnet.activations import Swish
+
+    from lobes.nnet.encoder import MaskedConvolutionModule
+
+    torch.manual_seed(0)
+    ours = MaskedConvolutionModule(474, 7, activation=Swish, dropout=0.0, padding_isolation=False)
+    ref = ConvolutionModule(474, 7, activation=Swish, dropout=0.0)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 11, 474, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, out_ref = ours(x), ref(x_ref)
+    assert torch.allclose(out, out_ref, atol=1e-5)
+    g = torch.randn_like(out)
+    out.backward(g)
+    out_ref.backward(g)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    for (name, p), p_ref in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, p_ref.grad, atol=1e-4), name

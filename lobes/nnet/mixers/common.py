@@ -1,4 +1,5 @@
-"""What every token mixer shares: padding helpers, pooling, positions.
+"""What every token mixer shares: padding helpers, pooling, positions, and
+the CPU matrix product on widths rounded up to a multiple of 8.
 
 The mixer interface (``lobes.nnet.mixers``) passes a ``pad_mask`` (B, T) that is
 True on padded frames. These helpers keep padding out of the computations
@@ -183,3 +184,55 @@ def cached_sinusoidal_positions(length, d_model, device=None, dtype=None):
     else:
         _POSITIONS.move_to_end(key)
     return pe
+
+
+def multiple_of_8(n):
+    """``n`` rounded up to a multiple of 8.
+
+    Example
+    -------
+    >>> multiple_of_8(474), multiple_of_8(480)
+    (480, 480)
+    """
+    return -(-n // 8) * 8
+
+
+def linear_out8(x, weight, bias=None):
+    """``torch.nn.functional.linear(x, weight, bias)``, on a CPU computed
+    with the output width rounded up to a multiple of 8 (zero rows appended
+    to ``weight``, the extra outputs cut off). MKL's sgemm is slow on output
+    widths such as Mamba's paper width 474: with the Conformer's two
+    feed-forward products and its convolution module's pointwise product
+    to 474 run this way, Mamba's 12-layer encoder runs an 80-s forward in
+    ~0.88 of the time (benchmarks/README.md). The same numbers up to
+    float32 rounding; elsewhere, and on widths already a multiple of 8,
+    plain ``linear``.
+
+    Arguments
+    ---------
+    x : torch.Tensor
+        (..., in) inputs.
+    weight : torch.Tensor
+        (out, in).
+    bias : torch.Tensor, optional
+        (out,).
+
+    Returns
+    -------
+    torch.Tensor
+        (..., out).
+
+    Example
+    -------
+    >>> x, w, b = torch.randn(5, 3), torch.randn(6, 3), torch.randn(6)
+    >>> torch.allclose(linear_out8(x, w, b), torch.nn.functional.linear(x, w, b), atol=1e-6)
+    True
+    """
+    out = weight.shape[0]
+    rows = multiple_of_8(out)
+    if rows == out or x.device.type != "cpu":
+        return torch.nn.functional.linear(x, weight, bias)
+    weight = torch.nn.functional.pad(weight, (0, 0, 0, rows - out))
+    if bias is not None:
+        bias = torch.nn.functional.pad(bias, (0, rows - out))
+    return torch.nn.functional.linear(x, weight, bias)[..., :out]

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from lobes.nnet.mixers.common import multiple_of_8
+
 SOURCE = Path(__file__).resolve().parent / "csrc" / "selective_scan_cpu.cpp"
 ENV_SWITCH = "BRQ_MAMBA_CPU_KERNEL"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
@@ -167,10 +169,6 @@ def scan_forward(u, delta, A, B, C, D):
 # rest in its backward.
 
 
-def _multiple_of_8(n):
-    return -(-n // 8) * 8
-
-
 def _pad_rows(w, rows):
     """``w`` (r, c) with zero rows up to ``rows`` (``w`` itself if r == rows)."""
     return w if w.shape[0] == rows else torch.nn.functional.pad(w, (0, 0, 0, rows - w.shape[0]))
@@ -200,14 +198,14 @@ def _direction_forward(h, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w,
     xz = torch.mm(h.reshape(batch * T, d), in_w.t()).view(batch, T, 2 * d_in)
     u, z = xz[..., :d_in], xz[..., d_in:]
     uc = kernel.conv_silu_forward(u, conv_w, conv_b, lengths, reverse)
-    x_w8 = _pad_rows(x_w, _multiple_of_8(x_w.shape[0]))
+    x_w8 = _pad_rows(x_w, multiple_of_8(x_w.shape[0]))
     xdbl = torch.mm(uc.view(batch * T, d_in), x_w8.t())  # (BT, r8)
     dt = torch.mm(xdbl[:, :rank], dt_w.t()).view(batch, T, d_in)
     B = xdbl[:, rank:rank + n_state].view(batch, T, n_state)
     C = xdbl[:, rank + n_state:rank + 2 * n_state].view(batch, T, n_state)
     A_t = A.t().contiguous()
     gated = kernel.scan_fused_forward(uc, dt, dt_b, A_t, B, C, D, z, lengths, reverse)
-    out_w8 = _pad_rows(out_w, _multiple_of_8(d))
+    out_w8 = _pad_rows(out_w, multiple_of_8(d))
     out = torch.mm(gated.view(batch * T, d_in), out_w8.t()).view(batch, T, -1)
     return out, (xz, xdbl, x_w8, out_w8, A_t)
 
@@ -262,7 +260,7 @@ class _DirectionFunction(torch.autograd.Function):
         )
         # products whose width is D: on zero-padded operands (see
         # _direction_forward)
-        d8 = _multiple_of_8(d)
+        d8 = multiple_of_8(d)
         gxz2 = gxz.view(BT, 2 * d_in)
         h8 = _pad_cols(h.reshape(BT, d), d8)
         g_in_w = torch.mm(gxz2.t(), h8)[:, :d]
