@@ -238,6 +238,22 @@ def test_compiled_encoder_trains_with_dynamic_shapes():
         enc.zero_grad()
 
 
+def _assert_same_module(ours, ref, x):
+    """``ours`` and ``ref`` (loaded with ``ours``'s parameters) give the
+    same outputs on ``x`` and the same input and parameter gradients."""
+    ref.load_state_dict(ours.state_dict())
+    x = x.requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, out_ref = ours(x), ref(x_ref)
+    assert out.shape == out_ref.shape and torch.allclose(out, out_ref, atol=1e-5)
+    g = torch.randn_like(out)
+    out.backward(g)
+    out_ref.backward(g)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    for (name, p), p_ref in zip(ours.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, p_ref.grad, atol=1e-4), name
+
+
 @pytest.mark.parametrize("width", [474, 480])
 def test_feed_forward_equals_speechbrains_at_odd_widths(width):
     """The Conformer's FFN (its last product on a width rounded up to a
@@ -251,17 +267,7 @@ def test_feed_forward_equals_speechbrains_at_odd_widths(width):
     torch.manual_seed(0)
     ours = FeedForward(d_ffn=64, input_size=width, activation=Swish)
     ref = PositionalwiseFeedForward(d_ffn=64, input_size=width, activation=Swish)
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 9, width, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_(True)
-    out, out_ref = ours(x), ref(x_ref)
-    assert out.shape == out_ref.shape and torch.allclose(out, out_ref, atol=1e-5)
-    g = torch.randn_like(out)
-    out.backward(g)
-    out_ref.backward(g)
-    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
-    for (name, p), p_ref in zip(ours.named_parameters(), ref.parameters()):
-        assert torch.allclose(p.grad, p_ref.grad, atol=1e-4), name
+    _assert_same_module(ours, ref, torch.randn(2, 9, width))
 
 
 def test_convolution_module_equals_speechbrains_at_odd_widths():
@@ -276,14 +282,4 @@ def test_convolution_module_equals_speechbrains_at_odd_widths():
     torch.manual_seed(0)
     ours = MaskedConvolutionModule(474, 7, activation=Swish, dropout=0.0, padding_isolation=False)
     ref = ConvolutionModule(474, 7, activation=Swish, dropout=0.0)
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 11, 474, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_(True)
-    out, out_ref = ours(x), ref(x_ref)
-    assert torch.allclose(out, out_ref, atol=1e-5)
-    g = torch.randn_like(out)
-    out.backward(g)
-    out_ref.backward(g)
-    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
-    for (name, p), p_ref in zip(ours.named_parameters(), ref.parameters()):
-        assert torch.allclose(p.grad, p_ref.grad, atol=1e-4), name
+    _assert_same_module(ours, ref, torch.randn(2, 11, 474))
