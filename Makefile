@@ -2,7 +2,7 @@
 #   make demo   set up, generate the demo corpora, pretrain a small BEST-RQ
 #               SummaryMixing Conformer on it, probe it on the seven MP3S
 #               tasks (CPU, 20-27 min on 2 cores; PROBES=0 skips the probes)
-#   make test   set up and run the default test suite (unit + recipes, ~10 min);
+#   make test   set up and run the default test suite (unit + recipes, ~12 min);
 #               CI (.ci/run) runs it, then make test-slow (the slow tier)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,7 +23,7 @@ demo: corpus
 compare: corpus
 	bash tools/compare_mixers.sh
 
-# The demo over several seeds (SEEDS="1 2 3", ~18 min each): mean ± standard
+# The demo over several seeds (SEEDS="1 2 3", 18-24 min each): mean ± standard
 # deviation per cell; make demo's verdicts then use that spread.
 evidence: corpus
 	bash tools/run_evidence.sh
