@@ -348,7 +348,6 @@ def speakers(rng, n):
     return out
 
 
-
 def reverberate(samples, rng, decay_s=(0.02, 0.04), ir_s=0.25):
     """``samples`` through a random room: an exponentially decaying noise
     impulse response (direct path 1, unit energy, time constant drawn from

@@ -48,9 +48,8 @@ import random
 import string
 from pathlib import Path
 
-import soundfile as sf
-
 import numpy as np
+import soundfile as sf
 import torch
 import torchaudio
 
