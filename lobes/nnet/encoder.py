@@ -40,6 +40,7 @@ Authors
 
 
 import torch
+import torch.nn.functional as F
 from speechbrain.dataio.dataio import length_to_mask
 from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
 from speechbrain.nnet.activations import Swish
@@ -68,9 +69,14 @@ class MaskedConvolutionModule(ConvolutionModule):
     ``speechbrain.lobes.models.transformer.Conformer.ConvolutionModule``.
     SpeechBrain zeroes padded frames only in the output, so the depthwise
     convolution carries padding into the last ``kernel_size // 2`` real
-    frames; with ``padding_isolation`` they are zeroed before it too. The
-    last pointwise product runs through ``linear_out8`` (on a CPU, a width
-    rounded up to a multiple of 8: same numbers up to float32 rounding).
+    frames; with ``padding_isolation`` they are zeroed before it too. On a
+    CPU the module stays time-major: both convolutions run as channels-last
+    ``conv2d`` on (B, T, D) frames (``conv_time_major``; no transposing
+    copies, and oneDNN's channels-last depthwise kernel runs the 31 taps
+    ~10x faster than the channels-first one), and the last pointwise
+    product runs through ``linear_out8`` (a width rounded up to a multiple
+    of 8). Same numbers up to float32 rounding; on a GPU, SpeechBrain's
+    channels-first layout.
 
     Example
     -------
@@ -88,17 +94,65 @@ class MaskedConvolutionModule(ConvolutionModule):
 
     def forward(self, x, pad_mask=None):
         """Convolves ``x`` (B, T, D); ``pad_mask`` (B, T) is True on padding."""
-        out = self.layer_norm(x).transpose(1, 2)
-        out = self.bottleneck(out)
-        if pad_mask is not None and self.padding_isolation:
-            out = out.masked_fill(pad_mask.unsqueeze(1), 0.0)
-        out = self.conv(out)
-        if self.causal:
-            out = out[..., : -self.padding]
+        isolate = pad_mask is not None and self.padding_isolation
+        out = self.layer_norm(x)
+        if x.device.type == "cpu":  # time-major throughout
+            out = F.glu(conv_time_major(out, self.bottleneck[0]), dim=-1)
+            if isolate:
+                out = out.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+            out = conv_time_major(out, self.conv)
+            if self.causal:
+                out = out[:, : -self.padding]
+        else:  # SpeechBrain's layout
+            out = self.bottleneck(out.transpose(1, 2))
+            if isolate:
+                out = out.masked_fill(pad_mask.unsqueeze(1), 0.0)
+            out = self.conv(out)
+            if self.causal:
+                out = out[..., : -self.padding]
+            out = out.transpose(1, 2)
         norm, activation, pointwise, dropout = self.after_conv
-        out = activation(norm(out.transpose(1, 2)))
+        out = activation(norm(out))
         out = dropout(linear_out8(out, pointwise.weight, pointwise.bias))
         return zero_padded(out, pad_mask)
+
+
+def conv_time_major(x, conv):
+    """``conv`` (an ``nn.Conv1d`` with zero padding) on time-major frames:
+    (B, T, C_in) -> (B, T', C_out), the same numbers up to float32 rounding
+    as ``conv(x.transpose(1, 2)).transpose(1, 2)``.
+
+    It runs as a channels-last ``conv2d`` on the (B, C_in, 1, T) view of
+    ``x``, which is already laid out that way: no copy in or out, and on a
+    CPU oneDNN's channels-last kernels (the Conformer's depthwise
+    convolution of 31 taps at 80 s and width 672: ~1 ms against ~9 ms
+    channels-first). The result is a (B, T', C_out) view, contiguous where
+    the backend kept the channels-last layout.
+
+    Example
+    -------
+    >>> conv = torch.nn.Conv1d(6, 6, 5, padding=2, groups=6)
+    >>> x = torch.randn(2, 9, 6)
+    >>> ref = conv(x.transpose(1, 2)).transpose(1, 2)
+    >>> torch.allclose(conv_time_major(x, conv), ref, atol=1e-6)
+    True
+    """
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise ValueError(
+            f"conv_time_major needs a Conv1d with numeric zero padding, got "
+            f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}"
+        )
+    weight = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    out = F.conv2d(
+        x.transpose(1, 2).unsqueeze(2),
+        weight,
+        conv.bias,
+        stride=(1, conv.stride[0]),
+        padding=(0, conv.padding[0]),
+        dilation=(1, conv.dilation[0]),
+        groups=conv.groups,
+    )
+    return out.squeeze(2).transpose(1, 2)
 
 
 class FeedForward(PositionalwiseFeedForward):

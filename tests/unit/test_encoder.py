@@ -270,16 +270,19 @@ def test_feed_forward_equals_speechbrains_at_odd_widths(width):
     _assert_same_module(ours, ref, torch.randn(2, 9, width))
 
 
-def test_convolution_module_equals_speechbrains_at_odd_widths():
-    """The convolution module at Mamba's width 474 (its last product on 480
-    outputs, cut back) gives SpeechBrain's ConvolutionModule's outputs and
-    gradients without padding isolation, same parameters."""
+@pytest.mark.parametrize("width,causal,dilation", [(474, False, 1), (480, True, 1), (16, False, 2)])
+def test_convolution_module_equals_speechbrains(width, causal, dilation):
+    """The convolution module, time-major on a CPU (channels-last
+    convolutions; at Mamba's width 474 its last product on 480 outputs, cut
+    back), gives SpeechBrain's ConvolutionModule's outputs and gradients
+    without padding isolation, same parameters, causal or dilated too."""
     from speechbrain.lobes.models.transformer.Conformer import ConvolutionModule
     from speechbrain.nnet.activations import Swish
 
     from lobes.nnet.encoder import MaskedConvolutionModule
 
     torch.manual_seed(0)
-    ours = MaskedConvolutionModule(474, 7, activation=Swish, dropout=0.0, padding_isolation=False)
-    ref = ConvolutionModule(474, 7, activation=Swish, dropout=0.0)
-    _assert_same_module(ours, ref, torch.randn(2, 11, 474))
+    kw = dict(activation=Swish, dropout=0.0, causal=causal, dilation=dilation)
+    ours = MaskedConvolutionModule(width, 7, padding_isolation=False, **kw)
+    ref = ConvolutionModule(width, 7, **kw)
+    _assert_same_module(ours, ref, torch.randn(2, 11, width))
