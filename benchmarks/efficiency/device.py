@@ -10,6 +10,8 @@ import platform
 
 import torch
 
+from benchmarks.efficiency.workers import worker_allocator_env
+
 
 def bf16_supported(device="cpu"):
     """Whether bf16 autocast runs natively here (CPU: AVX-512 BF16 / AMX)."""
@@ -40,8 +42,15 @@ def device_description(device, threads):
             f"{name}, {os.cpu_count()} logical cores, ATen {cap}, native bf16 "
             f"{'yes' if bf16_supported('cpu') else 'no'}"
         )
-    thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "1 (subprocess points)")
+    allocator = worker_allocator_env()
+    thp = allocator["THP_MEM_ALLOC_ENABLE"]
+    glibc = (
+        f"glibc malloc mmap threshold {allocator['MALLOC_MMAP_THRESHOLD_']} B, "
+        f"trim threshold {allocator['MALLOC_TRIM_THRESHOLD_']} B"
+        if "MALLOC_TRIM_THRESHOLD_" in allocator
+        else "glibc malloc defaults"
+    )
     return (
         f"{name}; torch {torch.__version__}; {threads} threads "
-        f"(torch.set_num_threads); THP_MEM_ALLOC_ENABLE={thp}"
+        f"(torch.set_num_threads); subprocess points: THP_MEM_ALLOC_ENABLE={thp}, {glibc}"
     )

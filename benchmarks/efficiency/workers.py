@@ -24,6 +24,36 @@ from benchmarks.efficiency.measure import Point
 from benchmarks.efficiency.rows import result_row
 
 RESULT_TAG = "BENCH_RESULT "
+# The allocator of every worker, for every model alike; values exported in
+# the environment win.
+# - THP_MEM_ALLOC_ENABLE=1: PyTorch's documented switch, transparent huge
+#   pages for its CPU tensors (THP_MEM_ALLOC_ENABLE=0 measures without).
+# - glibc keeps freed memory for reuse: its mmap threshold at its 32 MiB
+#   ceiling, its trim threshold at 4 GiB. With glibc's defaults a forward
+#   pass of a linear mixer's encoder at 80 s hands its heap top back to the
+#   system and faults it in again page by page: 140-220 thousand minor page
+#   faults and 0.4-0.6 s of system time a pass (summarymixing), against
+#   ~16 thousand and 0.05 s with these. Tensors over 32 MiB (SpeechBrain's
+#   attention maps) are mapped afresh either way. BRQ_BENCH_GLIBC_MALLOC=0
+#   leaves glibc's defaults.
+GLIBC_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+def worker_allocator_env(environ=None):
+    """The allocator variables a worker starts with (see ``GLIBC_MALLOC``).
+
+    Example
+    -------
+    >>> worker_allocator_env({})["MALLOC_TRIM_THRESHOLD_"]
+    '4294967296'
+    >>> sorted(worker_allocator_env({"BRQ_BENCH_GLIBC_MALLOC": "0"}))
+    ['THP_MEM_ALLOC_ENABLE']
+    """
+    environ = os.environ if environ is None else environ
+    wanted = {"THP_MEM_ALLOC_ENABLE": "1"}
+    if environ.get("BRQ_BENCH_GLIBC_MALLOC", "1") != "0":
+        wanted.update(GLIBC_MALLOC)
+    return {k: environ.get(k, v) for k, v in wanted.items()}
 # What a worker process runs: this package's command line (``--worker``).
 WORKER_COMMAND = ("-m", "benchmarks.efficiency")
 
@@ -65,11 +95,7 @@ class _Worker:
 
     def __init__(self, spec, timeout):
         self.spec, self.timeout = spec, timeout
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        # Transparent huge pages for PyTorch's CPU tensors (its documented
-        # THP_MEM_ALLOC_ENABLE switch), for every model alike (export
-        # THP_MEM_ALLOC_ENABLE=0 to measure without).
-        env.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **worker_allocator_env()}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), env.get("PYTHONPATH")) if p
         )
