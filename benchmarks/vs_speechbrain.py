@@ -238,8 +238,8 @@ def main(argv=None):
         "--repeats", str(args.repeats), "--warmup", str(args.warmup),
         "--precisions", args.precisions, "--device", args.device, "--out", str(out),
     ]
+    commit = git_commit()  # before the run writes its results into the tree
     rows = eff.main(cmd)
-    commit = git_commit()
     lines = [
         f"# Our encoders vs SpeechBrain {_sb_version()}'s BEST-RQ encoder",
         "",
