@@ -24,6 +24,8 @@ from benchmarks.efficiency.measure import Point
 from benchmarks.efficiency.rows import result_row
 
 RESULT_TAG = "BENCH_RESULT "
+# What a worker process runs: this package's command line (``--worker``).
+WORKER_COMMAND = ("-m", "benchmarks.efficiency")
 # The allocator of every worker, for every model alike; values exported in
 # the environment win.
 # - THP_MEM_ALLOC_ENABLE=1: PyTorch's documented switch, transparent huge
@@ -54,8 +56,6 @@ def worker_allocator_env(environ=None):
     if environ.get("BRQ_BENCH_GLIBC_MALLOC", "1") != "0":
         wanted.update(GLIBC_MALLOC)
     return {k: environ.get(k, v) for k, v in wanted.items()}
-# What a worker process runs: this package's command line (``--worker``).
-WORKER_COMMAND = ("-m", "benchmarks.efficiency")
 
 
 class _InProcess:
